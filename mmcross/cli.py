@@ -1,0 +1,220 @@
+"""The ``mmcross`` command line: replay, simulate, demo, events, matches.
+
+Only this module prints; everything else logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mmcross.config import Config
+from mmcross.errors import MmcrossError
+
+log = logging.getLogger("mmcross")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose < 0 else logging.INFO if verbose == 0 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def _open_store(url: str):
+    from catalogs import Store
+
+    return Store(url)
+
+
+def _print_table(rows: list[dict], columns: Sequence[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    text = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in text)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for t in text:
+        print("  ".join(v.ljust(w) for v, w in zip(t, widths, strict=True)))
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+# -- replay ------------------------------------------------------------------------------
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from brokers.sinks import JsonLinesSink, VOEventDirectorySink
+    from mmcross.engine import Engine
+    from mmcross.replay import replay
+
+    config = Config.load(args.config)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    db = args.db or f"sqlite:///{out / 'mmcross.sqlite'}"
+    sinks = [JsonLinesSink(out / "matches.jsonl"), VOEventDirectorySink(out / "voevents")]
+    engine = Engine(config, store=_open_store(db), sinks=sinks)
+    engine.restore()
+    try:
+        summary = replay(engine, args.notices, args.alerts, chunk=args.chunk)
+    finally:
+        engine.close()
+    _print_replay_summary(engine, summary, out, db)
+    return 0
+
+
+def _print_replay_summary(engine, summary, out: Path, db: str) -> None:
+    from mmcross.match import Match
+
+    refused = ", ".join(f"{k} {v}" for k, v in sorted(summary.notice_errors.items())) or "none"
+    print(f"notices applied: {summary.notices} (refused: {refused})")
+    print(f"alerts: {summary.alerts} ({summary.alert_errors} unreadable), "
+          f"{summary.alerts_per_second:,.0f} alerts/s over {summary.seconds:.1f} s")
+    print(f"matches: {summary.matches}, revoked: {summary.revoked}")
+    print(f"reports: {out / 'matches.jsonl'}, {out / 'voevents'}/, store: {db}")
+    rows = []
+    for line in (out / "matches.jsonl").read_text().splitlines() if (
+            out / "matches.jsonl").exists() else []:
+        m = Match(**json.loads(line))
+        rows.append(m)
+    per_event: dict[str, dict] = {}
+    for m in rows:
+        r = per_event.setdefault(m.event_id, {
+            "event": m.event_id, "kind": m.event_kind, "instrument": m.instrument,
+            "matches": 0, "revoked": 0, "best_cl": None, "min_p_chance": None})
+        if m.retracted:
+            r["revoked"] += 1
+            continue
+        r["matches"] += 1
+        r["best_cl"] = m.credible_level if r["best_cl"] is None else min(
+            r["best_cl"], m.credible_level)
+        r["min_p_chance"] = m.p_chance if r["min_p_chance"] is None else min(
+            r["min_p_chance"], m.p_chance)
+    print()
+    _print_table(list(per_event.values()),
+                 ["event", "kind", "instrument", "matches", "revoked", "best_cl", "min_p_chance"])
+
+
+# -- simulate / demo ---------------------------------------------------------------------
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from mmcross.simulate import simulate_to_file
+
+    truth = simulate_to_file(
+        args.out, n_alerts=args.n, start_mjd_tai=args.start_mjd, duration_days=args.days,
+        seed=args.seed, inject_notices=args.inject_notice or (), n_inject=args.inject,
+        wire=args.wire)
+    print(f"wrote {args.n} alerts to {args.out}; injected counterparts: {len(truth)}")
+    if args.truth:
+        Path(args.truth).write_text(json.dumps(truth, indent=1))
+        print(f"ground truth: {args.truth}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mmcross.demo import run_demo
+
+    return run_demo(Path(args.out), n_alerts=args.n, seed=args.seed)
+
+
+# -- store readers -----------------------------------------------------------------------
+
+def cmd_events(args: argparse.Namespace) -> int:
+    store = _open_store(args.db or Config.load(args.config).get("store.url"))
+    rows = store.events(include_retracted=True)
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+    else:
+        _print_table(rows, [c for c in ("event_id", "kind", "instrument", "revision",
+                                        "trigger_time", "retracted") if not rows or c in rows[0]])
+    return 0
+
+
+def cmd_matches(args: argparse.Namespace) -> int:
+    store = _open_store(args.db or Config.load(args.config).get("store.url"))
+    matches = store.matches(args.event, include_retracted=args.all)
+    if args.json:
+        for m in matches:
+            print(json.dumps(m.to_record()))
+    else:
+        _print_table([m.to_record() for m in matches],
+                     ["event_id", "event_revision", "alert_id", "object_id", "ra", "dec",
+                      "time_offset", "credible_level", "searched_area", "p_chance", "retracted"])
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmcross", description="Multi-messenger crossmatch: GCN notices x optical alerts.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("replay", help="replay notice and alert files through the engine")
+    p.add_argument("--notices", nargs="+", required=True, metavar="PATH",
+                   help="notice files or folders (VOEvent XML, GCN JSON, IGWN Avro)")
+    p.add_argument("--alerts", nargs="+", required=True, metavar="PATH",
+                   help="alert files or folders (Avro container or wire-format files)")
+    p.add_argument("--out", required=True, help="output folder (matches.jsonl, voevents/)")
+    p.add_argument("--config", help="TOML file merged over config/default.toml")
+    p.add_argument("--db", help="SQLAlchemy URL (default: sqlite in --out)")
+    p.add_argument("--chunk", type=int, default=20_000, help="alerts per batch")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("simulate", help="write a simulated Rubin alert stream (Avro)")
+    p.add_argument("--out", required=True, help="output file (.avro container or .wire)")
+    p.add_argument("--n", type=int, default=10_000, help="number of alerts")
+    p.add_argument("--start-mjd", type=float, default=60000.1, help="first alert, MJD TAI")
+    p.add_argument("--days", type=float, default=0.35, help="length of the night, days")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--inject-notice", action="append", metavar="NOTICE",
+                   help="inject counterparts inside this notice's localization (repeatable)")
+    p.add_argument("--inject", type=int, default=5, help="counterparts per injected notice")
+    p.add_argument("--wire", action="store_true",
+                   help="write Confluent wire-format messages instead of a container file")
+    p.add_argument("--truth", help="write the injected alert ids (JSON) here")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("demo", help="simulate a night around a real LVK notice and replay it")
+    p.add_argument("--out", default="mmcross-demo", help="output folder")
+    p.add_argument("--n", type=int, default=20_000, help="number of simulated alerts")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=cmd_demo)
+
+    for name, func, text in (("events", cmd_events, "list stored events"),
+                             ("matches", cmd_matches, "list stored matches")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--db", help="SQLAlchemy URL (default: store.url of the config)")
+        p.add_argument("--config", help="TOML file merged over config/default.toml")
+        p.add_argument("--json", action="store_true", help="JSON output")
+        if name == "matches":
+            p.add_argument("--event", help="only this event id")
+            p.add_argument("--all", action="store_true", help="include revoked matches")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(-1 if args.quiet else args.verbose)
+    try:
+        return args.func(args)
+    except MmcrossError as exc:
+        print(f"mmcross: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"mmcross: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
