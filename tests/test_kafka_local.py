@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 import time
 import uuid
 
@@ -17,9 +16,6 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from gcn_kafka.core import get_config
-
-if "tests.kafka_fixture" not in sys.modules:  # until tests/conftest.py loads it as a plugin
-    from tests.kafka_fixture import kafka_broker, local_kafka  # noqa: F401
 
 from tests.kafka_fixture import kafka_local, skip_or_fail
 
