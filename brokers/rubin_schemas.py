@@ -1,0 +1,130 @@
+"""The Rubin alert schemas shipped by ``lsst-alert-packet``, looked up by schema id.
+
+The schema id is the one of the Confluent wire format and of
+:meth:`lsst.alert.packet.Schema.get_schema_id`: ``major * 100 + minor`` (v9.0 -> 900,
+v11.1 -> 1101). Each :class:`RubinSchema` also carries a *prefix* writer schema, the alert
+record cut after its ``diaSource`` field: Avro encodes a record's fields one after the
+other, so decoding that prefix of a packet and ignoring the remaining bytes is valid and
+skips the history, the object and the cutouts (most of a packet's bytes).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import fastavro
+from lsst.alert.packet import SchemaRegistry
+from lsst.alert.packet.schema import get_latest_schema_version
+
+from mmcross.errors import BadAlertError
+
+log = logging.getLogger(__name__)
+
+_NAME_RE = re.compile(r"^lsst\.v(\d+)_(\d+)\.alert$")
+
+
+@dataclass(frozen=True)
+class RubinSchema:
+    """One Rubin alert schema version and the field names matching needs.
+
+    Attributes:
+        schema_id: ``major * 100 + minor``.
+        version: ``"major.minor"``.
+        definition: the full alert schema (parsed by fastavro), to encode or fully decode.
+        prefix: writer schema of the alert record cut after ``diaSource`` (parsed).
+        prefix_fields: names of the top-level fields in ``prefix``.
+        ra_field, dec_field: ``diaSource`` position fields, degrees ICRS (``dec`` or, before
+            v5, ``decl``).
+        time_field: ``diaSource`` midpoint time field, MJD TAI (``midpointMjdTai`` or, before
+            v5, ``midPointTai``).
+        top_fields: names of all the top-level alert fields, in order.
+    """
+
+    schema_id: int
+    version: str
+    definition: dict[str, Any]
+    prefix: dict[str, Any]
+    prefix_fields: tuple[str, ...]
+    ra_field: str
+    dec_field: str
+    time_field: str
+    top_fields: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """The alert record's full name, e.g. ``"lsst.v9_0.alert"``."""
+        return str(self.definition["name"])
+
+
+def schema_id_from_name(name: str) -> int | None:
+    """``"lsst.v9_0.alert"`` -> 900; ``None`` for a name that is not a Rubin alert record."""
+    m = _NAME_RE.match(name or "")
+    return None if m is None else int(m.group(1)) * 100 + int(m.group(2))
+
+
+def _strip(node: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in node.items() if not k.startswith("__")}
+
+
+def _build(schema_id: int, version: str, definition: dict[str, Any]) -> RubinSchema:
+    top = [f["name"] for f in definition["fields"]]
+    if "diaSource" not in top:
+        raise ValueError(f"Rubin schema {version} has no diaSource field")
+    cut = top.index("diaSource") + 1
+    prefix_def = _strip(copy.deepcopy(definition))
+    prefix_def["fields"] = prefix_def["fields"][:cut]
+    ds_fields = {f["name"] for f in prefix_def["fields"][cut - 1]["type"]["fields"]}
+    return RubinSchema(
+        schema_id=schema_id,
+        version=version,
+        definition=fastavro.parse_schema(_strip(definition)),
+        prefix=fastavro.parse_schema(prefix_def),
+        prefix_fields=tuple(top[:cut]),
+        ra_field="ra",
+        dec_field="dec" if "dec" in ds_fields else "decl",
+        time_field="midpointMjdTai" if "midpointMjdTai" in ds_fields else "midPointTai",
+        top_fields=tuple(top),
+    )
+
+
+@functools.cache
+def _registry() -> dict[int, RubinSchema]:
+    reg = SchemaRegistry.all_schemas_from_filesystem()
+    out: dict[int, RubinSchema] = {}
+    for version in reg.known_versions:
+        schema = reg.get_by_version(version)
+        sid = schema.get_schema_id()
+        out[sid] = _build(sid, version, schema.definition)
+    log.debug("loaded %d Rubin alert schemas: %s", len(out), sorted(out))
+    return out
+
+
+def known_schema_ids() -> list[int]:
+    """Every schema id shipped by the installed lsst-alert-packet, ascending."""
+    return sorted(_registry())
+
+
+def latest_schema_id() -> int:
+    """The schema id of lsst-alert-packet's latest schema (``schema/latest.txt``)."""
+    major, minor = get_latest_schema_version()
+    return major * 100 + minor
+
+
+def get_schema(schema_id: int, *, source: str = "") -> RubinSchema:
+    """The schema registered under ``schema_id``.
+
+    Raises:
+        BadAlertError: no such schema in lsst-alert-packet (``source`` says where from).
+    """
+    try:
+        return _registry()[schema_id]
+    except KeyError:
+        raise BadAlertError(
+            f"{source or 'alert'}: unknown Rubin alert schema id {schema_id} "
+            f"(known: {', '.join(map(str, known_schema_ids()))})"
+        ) from None
