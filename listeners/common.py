@@ -1,0 +1,207 @@
+"""Shared helpers of the notice parsers: parse context, times, numbers and shape builders.
+
+Everything here is format-neutral: the VOEvent and JSON parsers of each mission call these
+helpers so that time scales (UTC), units (degrees ICRS) and error handling stay uniform.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from astropy.time import Time
+
+from mmcross.errors import BadNoticeError, NotAnEventError
+from mmcross.event import Event, EventKind, NoticeAction
+
+logger = logging.getLogger(__name__)
+
+#: Truncated Julian Day zero point: TJD = JD - 2440000.5 = MJD - 40000 (GCN convention).
+TJD_TO_MJD = 40000.0
+
+
+@dataclass
+class NoticeContext:
+    """What a parser needs besides the document: raw bytes, provenance and options.
+
+    Attributes:
+        payload: the notice exactly as received (bytes), stored in ``Event.raw``.
+        topic: the GCN Kafka topic, if known (refines the format/mission sniffing).
+        source: where the notice came from (file path, ``topic/partition/offset``, peer).
+        roles: notice roles that are kept; any other role raises :class:`NotAnEventError`.
+        tolerance: credible-level accuracy passed to the Localization builders.
+        notice_format: ``"voevent"``, ``"json"`` or ``"avro"`` (set by the dispatcher).
+    """
+
+    payload: bytes
+    topic: str | None = None
+    source: str = ""
+    roles: tuple[str, ...] = ("observation",)
+    tolerance: float = 1e-3
+    notice_format: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        """A short description of the provenance for error messages."""
+        parts = [p for p in (self.source, f"topic {self.topic}" if self.topic else "") if p]
+        return " / ".join(parts) if parts else "<unknown source>"
+
+    def bad(self, what: str) -> BadNoticeError:
+        """A :class:`BadNoticeError` whose message names the problem and the source."""
+        return BadNoticeError(f"{what} (in {self.where})")
+
+    def check_role(self, role: str, what: str) -> None:
+        """Raise :class:`NotAnEventError` unless ``role`` is one of the kept roles."""
+        if role not in self.roles:
+            raise NotAnEventError(
+                f"{what} has role {role!r}, not one of {list(self.roles)} (in {self.where})"
+            )
+
+    def make_event(self, **kwargs: Any) -> Event:
+        """Build an :class:`Event` filling ``raw``, ``notice_format`` and ``source``."""
+        kwargs.setdefault("raw", self.payload)
+        kwargs.setdefault("notice_format", self.notice_format)
+        kwargs.setdefault("source", self.source)
+        return Event(**kwargs)
+
+
+# --------------------------------------------------------------------------- times
+
+
+_TZ_SUFFIX = re.compile(r"(Z|[+-]\d\d:?\d\d)$")
+
+
+def parse_time(text: Any, ctx: NoticeContext, what: str) -> Time:
+    """Parse an ISO 8601 UTC timestamp (``Z``/``+00:00`` suffix optional) into a UTC Time.
+
+    Accepts ``"2024-01-12T17:37:25.12"``, ``"2018-05-24T09:58:26.31Z"``,
+    ``"2025-12-08T17:02:15+00:00"`` and ``"2024-09-18 07:19:03.518831+00:00"``.
+    A non-zero UTC offset is applied. Raises :class:`BadNoticeError` naming ``what``.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ctx.bad(f"{what} is missing or not a string: {text!r}")
+    s = text.strip().replace(" ", "T", 1)
+    offset_minutes = 0
+    m = _TZ_SUFFIX.search(s)
+    if m:
+        suffix = m.group(1)
+        s = s[: m.start()]
+        if suffix != "Z":
+            sign = -1 if suffix[0] == "-" else 1
+            digits = suffix[1:].replace(":", "")
+            offset_minutes = sign * (int(digits[:2]) * 60 + int(digits[2:]))
+    try:
+        t = Time(s, format="isot", scale="utc")
+    except ValueError as exc:
+        raise ctx.bad(f"{what} {text!r} is not an ISO 8601 time") from exc
+    if offset_minutes:
+        t = Time(t.mjd - offset_minutes / 1440.0, format="mjd", scale="utc")
+        t.format = "isot"
+    return t
+
+
+def time_from_tjd_sod(tjd: Any, sod: Any, ctx: NoticeContext, what: str) -> Time:
+    """GCN ``*_TJD`` (truncated Julian day) + ``*_SOD`` (seconds of UTC day) -> UTC Time."""
+    day = to_float(tjd, ctx, f"{what} TJD")
+    sec = to_float(sod, ctx, f"{what} SOD")
+    return Time(day + TJD_TO_MJD + sec / 86400.0, format="mjd", scale="utc")
+
+
+def now_utc() -> Time:
+    return Time(datetime.now(UTC))
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def to_float(value: Any, ctx: NoticeContext, what: str) -> float:
+    """A finite float from a number or numeric string, else :class:`BadNoticeError`."""
+    if isinstance(value, bool):
+        raise ctx.bad(f"{what} is a boolean, not a number")
+    try:
+        x = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ctx.bad(f"{what} is not a number: {value!r}") from exc
+    if not math.isfinite(x):
+        raise ctx.bad(f"{what} is not finite: {value!r}")
+    return x
+
+
+def to_int(value: Any, ctx: NoticeContext, what: str) -> int:
+    """An integer from an int or a decimal/hex string (``"0x20000001"``)."""
+    if isinstance(value, bool):
+        raise ctx.bad(f"{what} is a boolean, not an integer")
+    if isinstance(value, int):
+        return value
+    try:
+        s = str(value).strip()
+        return int(s, 16) if s.lower().startswith("0x") else int(float(s)) if "." in s else int(s)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ctx.bad(f"{what} is not an integer: {value!r}") from exc
+
+
+def optional_float(value: Any) -> float | None:
+    """A finite float or ``None`` (for optional significance fields)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def check_radec(ra: float, dec: float, ctx: NoticeContext, what: str = "position") -> float:
+    """Validate a position in degrees ICRS; returns RA wrapped into [0, 360)."""
+    if not -90.0 <= dec <= 90.0:
+        raise ctx.bad(f"{what}: Dec {dec} deg outside [-90, 90]")
+    return ra % 360.0
+
+
+def jsonable(value: Any) -> Any:
+    """Drop bytes and non-JSON values from a nested structure (for ``Event.significance``)."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items() if not isinstance(v, bytes)}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value if not isinstance(v, bytes)]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def first_id(value: Any) -> str | None:
+    """The first identifier of a unified-schema ``id`` (a string or a list of strings)."""
+    if isinstance(value, (list, tuple)):
+        value = next((v for v in value if v not in (None, "")), None)
+    if value is None or isinstance(value, (dict, list, bool)):
+        return None
+    s = str(value).strip()
+    return s or None
+
+
+def pick(d: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """The listed keys of ``d`` that are present and not ``None``, made JSON-able."""
+    return {k: jsonable(d[k]) for k in keys if k in d and d[k] is not None}
+
+
+# --------------------------------------------------------------------------- events
+
+
+def retraction_event(ctx: NoticeContext, *, event_id: str, kind: EventKind, instrument: str,
+                     trigger_time: Time, notice_type: str, notice_time: Time | None,
+                     serial: int | None = None, role: str = "observation",
+                     significance: dict[str, Any] | None = None) -> Event:
+    """An :class:`Event` with ``action=RETRACT`` and no localization."""
+    return ctx.make_event(
+        event_id=event_id, kind=kind, instrument=instrument, trigger_time=trigger_time,
+        localization=None, serial=serial, action=NoticeAction.RETRACT, notice_type=notice_type,
+        notice_time=notice_time, role=role, significance=significance or {},
+    )
