@@ -35,6 +35,8 @@ class NoticeContext:
         source: where the notice came from (file path, ``topic/partition/offset``, peer).
         roles: notice roles that are kept; any other role raises :class:`NotAnEventError`.
         tolerance: credible-level accuracy passed to the Localization builders.
+        max_order: finest HEALPix order the shape rasterisers may use.
+        max_skymap_bytes: largest embedded sky map accepted (bytes, decoded).
         notice_format: ``"voevent"``, ``"json"`` or ``"avro"`` (set by the dispatcher).
     """
 
@@ -43,6 +45,8 @@ class NoticeContext:
     source: str = ""
     roles: tuple[str, ...] = ("observation",)
     tolerance: float = 1e-3
+    max_order: int = 18
+    max_skymap_bytes: int = 256 * 1024 * 1024
     notice_format: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 

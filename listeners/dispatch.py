@@ -32,7 +32,8 @@ _SCHEMA_PATH = re.compile(r"/gcn/notices/([^?#]+?)(?:\.schema)?\.json")
 
 def parse_notice(payload: bytes, *, topic: str | None = None, source: str = "",
                  roles: tuple[str, ...] | list[str] = ("observation",),
-                 tolerance: float = 1e-3) -> Event:
+                 tolerance: float = 1e-3, max_order: int = 18,
+                 max_skymap_bytes: int = 256 * 1024 * 1024) -> Event:
     """Parse one GCN notice into an :class:`Event`.
 
     Args:
@@ -42,6 +43,8 @@ def parse_notice(payload: bytes, *, topic: str | None = None, source: str = "",
         source: provenance recorded in the Event and in error messages.
         roles: notice roles to keep (VOEvent ``role``; JSON tense ``test`` -> "test").
         tolerance: credible-level accuracy of rasterised circles/ellipses.
+        max_order: finest HEALPix order of rasterised circles/ellipses/boxes.
+        max_skymap_bytes: largest embedded sky map accepted (bytes after decoding).
 
     Raises:
         BadNoticeError: malformed payload or missing required fields.
@@ -52,7 +55,8 @@ def parse_notice(payload: bytes, *, topic: str | None = None, source: str = "",
     """
     ctx = NoticeContext(payload=bytes(payload) if isinstance(payload, bytearray | memoryview)
                         else payload, topic=topic, source=source, roles=tuple(roles),
-                        tolerance=tolerance)
+                        tolerance=tolerance, max_order=max_order,
+                        max_skymap_bytes=max_skymap_bytes)
     if not isinstance(ctx.payload, bytes):
         raise ctx.bad(f"payload is {type(payload).__name__}, not bytes")
     try:

@@ -28,7 +28,8 @@ def circle(ctx: NoticeContext, ra: float, dec: float, spec: CircleSpec) -> Local
         raise ctx.bad(f"containment {spec.containment} is not in (0, 1)")
     radius = min(max(spec.radius, MIN_RADIUS_DEG), 179.0)
     return _build(ctx, "circle", lambda: Localization.from_circle(
-        ra, dec, radius, spec.containment, model=spec.model, tolerance=ctx.tolerance))
+        ra, dec, radius, spec.containment, model=spec.model, tolerance=ctx.tolerance,
+        max_order=ctx.max_order))
 
 
 def ellipse(ctx: NoticeContext, ra: float, dec: float, semi_major: float, semi_minor: float,
@@ -42,7 +43,7 @@ def ellipse(ctx: NoticeContext, ra: float, dec: float, semi_major: float, semi_m
     pa = position_angle if semi_major >= semi_minor else position_angle + 90.0
     return _build(ctx, "ellipse", lambda: Localization.from_ellipse(
         ra, dec, max(a, MIN_RADIUS_DEG), max(b, MIN_RADIUS_DEG), pa % 180.0, containment,
-        tolerance=ctx.tolerance))
+        tolerance=ctx.tolerance, max_order=ctx.max_order))
 
 
 def box(ctx: NoticeContext, ra: float, dec: float, ra_plus: float, ra_minus: float,
@@ -53,14 +54,15 @@ def box(ctx: NoticeContext, ra: float, dec: float, ra_plus: float, ra_minus: flo
         raise ctx.bad(f"asymmetric errors {errs} deg are not all positive")
     return _build(ctx, "box", lambda: Localization.from_box(
         ra, dec, *(max(e, MIN_RADIUS_DEG) for e in errs), containment,
-        tolerance=ctx.tolerance))
+        tolerance=ctx.tolerance, max_order=ctx.max_order))
 
 
 def skymap(ctx: NoticeContext, data: bytes, what: str = "sky map") -> Localization:
     """A HEALPix FITS sky map given as bytes (LVK ``event.skymap``)."""
     if not isinstance(data, bytes | bytearray) or not data:
         raise ctx.bad(f"{what} is empty or not bytes")
-    return _build(ctx, what, lambda: Localization.from_fits(bytes(data)))
+    return _build(ctx, what, lambda: Localization.from_fits(
+        bytes(data), max_bytes=ctx.max_skymap_bytes))
 
 
 def _build(ctx: NoticeContext, what: str, make) -> Localization:

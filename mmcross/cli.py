@@ -105,16 +105,27 @@ def _print_replay_summary(engine, summary, out: Path, db: str) -> None:
 # -- simulate / demo ---------------------------------------------------------------------
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from mmcross.simulate import simulate_to_file
+    import numpy as np
 
-    truth = simulate_to_file(
-        args.out, n_alerts=args.n, start_mjd_tai=args.start_mjd, duration_days=args.days,
-        seed=args.seed, inject_notices=args.inject_notice or (), n_inject=args.inject,
-        wire=args.wire)
-    print(f"wrote {args.n} alerts to {args.out}; injected counterparts: {len(truth)}")
+    from listeners import read_notice_file
+    from mmcross.simulate import simulate_night
+
+    start, end = args.start_mjd, args.start_mjd + args.days
+    inject = []
+    for path in args.inject_notice or ():
+        event = read_notice_file(path)
+        if event.localization is None:
+            raise MmcrossError(f"{path}: the notice carries no sky map to inject into")
+        inject.append((event.localization, args.inject, start, end))
+    night = simulate_night(args.n, start_mjd_tai=start, duration_days=args.days,
+                           rng=np.random.default_rng(args.seed), inject=inject)
+    written = night.write_wire_stream(args.out) if args.wire else night.write_container(args.out)
+    print(f"wrote {written} alerts to {args.out} ({'wire stream' if args.wire else 'container'})"
+          f"; injected counterparts: {sum(len(g) for g in night.injected)}")
     if args.truth:
-        Path(args.truth).write_text(json.dumps(truth, indent=1))
-        print(f"ground truth: {args.truth}")
+        Path(args.truth).write_text(json.dumps(
+            [[int(a) for a in group] for group in night.injected]))
+        print(f"injected alert ids: {args.truth}")
     return 0
 
 
@@ -171,9 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("simulate", help="write a simulated Rubin alert stream (Avro)")
-    p.add_argument("--out", required=True, help="output file (.avro container or .wire)")
+    p.add_argument("--out", required=True, help="output file (.avro container or .wires stream)")
     p.add_argument("--n", type=int, default=10_000, help="number of alerts")
-    p.add_argument("--start-mjd", type=float, default=60000.1, help="first alert, MJD TAI")
+    p.add_argument("--start-mjd", type=float, default=61000.1, help="night start, MJD TAI")
     p.add_argument("--days", type=float, default=0.35, help="length of the night, days")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--inject-notice", action="append", metavar="NOTICE",

@@ -100,3 +100,13 @@ class Config:
         rho = self.get("match.background_rate")
         if not isinstance(rho, int | float) or rho <= 0:
             raise ConfigError(f"match.background_rate must be > 0 per deg^2 per day, got {rho!r}")
+
+
+def notice_options(config: Config) -> dict[str, Any]:
+    """Keyword arguments for ``listeners.parse_notice`` / ``read_notice_file`` from config."""
+    return {
+        "roles": tuple(config.get("listeners.roles", ["observation"])),
+        "tolerance": float(config.get("localization.credible_level_tolerance", 1e-3)),
+        "max_order": int(config.get("localization.max_order", 18)),
+        "max_skymap_bytes": int(config.get("localization.max_skymap_bytes", 256 << 20)),
+    }

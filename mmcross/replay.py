@@ -19,6 +19,7 @@ import numpy as np
 
 from brokers.alert_files import iter_alert_batches
 from listeners import read_notice_file
+from mmcross.config import Config, notice_options
 from mmcross.engine import Engine
 from mmcross.errors import MmcrossError
 from mmcross.event import Event
@@ -26,7 +27,6 @@ from mmcross.event import Event
 log = logging.getLogger(__name__)
 
 NOTICE_SUFFIXES = (".xml", ".json", ".avro")
-ALERT_SUFFIXES = (".avro", ".wire", ".alerts")
 
 
 @dataclass
@@ -59,12 +59,14 @@ def expand_paths(paths: Iterable[str | Path], suffixes: tuple[str, ...]) -> list
     return out
 
 
-def read_notices(paths: Iterable[Path], summary: ReplaySummary) -> list[Event]:
+def read_notices(paths: Iterable[Path], summary: ReplaySummary,
+                 config: Config) -> list[Event]:
     """Parse notice files; unreadable or unsupported ones are counted and logged, not fatal."""
     events = []
+    options = notice_options(config)
     for path in paths:
         try:
-            events.append(read_notice_file(path))
+            events.append(read_notice_file(path, **options))
         except MmcrossError as exc:
             summary.notice_errors[type(exc).__name__] += 1
             log.warning("notice %s skipped: %s: %s", path, type(exc).__name__, exc)
@@ -78,7 +80,8 @@ def replay(engine: Engine, notice_paths: Iterable[str | Path],
     """Run notices and alerts through ``engine`` in time order; returns the summary."""
     summary = ReplaySummary()
     started = time.perf_counter()
-    pending = deque(read_notices(expand_paths(notice_paths, NOTICE_SUFFIXES), summary))
+    pending = deque(read_notices(expand_paths(notice_paths, NOTICE_SUFFIXES), summary,
+                                 engine.config))
     log.info("replay: %d notices parsed, %d refused", len(pending),
              sum(summary.notice_errors.values()))
 
@@ -93,8 +96,12 @@ def replay(engine: Engine, notice_paths: Iterable[str | Path],
         log.warning("alert skipped: %s", exc)
 
     last_report = started
-    for batch in _sorted_batches(iter_alert_batches(
-            expand_paths(alert_paths, ALERT_SUFFIXES), chunk=chunk, on_error=on_error)):
+    alert_paths = list(map(Path, alert_paths))
+    for path in alert_paths:
+        if not path.exists():
+            raise FileNotFoundError(f"no such alert file or directory: {path}")
+    for batch in _sorted_batches(iter_alert_batches(alert_paths, chunk=chunk,
+                                                    on_error=on_error)):
         start = 0
         while pending and pending[0].arrival_mjd_tai <= batch.mjd_tai[-1]:
             cut = int(np.searchsorted(batch.mjd_tai, pending[0].arrival_mjd_tai, side="right"))
