@@ -1,0 +1,265 @@
+"""The public matcher: a batch of optical alerts against all live event localizations at once.
+
+An alert matches an event when both hold:
+
+* it lies inside the event's credible region at the configured level: the credible level of
+  its pixel (ligo.skymap's ``searched_prob``) is ``<= config.credible_level``;
+* its time is inside the event kind's window: ``trigger + before <= t <= trigger + after``
+  (MJD TAI, days; ``config.time_window(kind)``).
+
+How: alert positions are turned once into order-29 NESTED indices (healpy); each alert's
+coarse cell lists the live events whose matchable pixels touch it (:class:`PackedSky`); the
+time window filters those; a binary search in the event's pixels inside that cell finds the
+pixel, whose credible level, searched area, density and distance moments were precomputed
+when the event was packed. Packing is cached per (event_id, revision).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import healpy as hp
+import numpy as np
+from astropy.time import Time
+
+from matchers import kernels
+from matchers.chance import BackgroundRate, p_chance
+from matchers.packed import (
+    DEFAULT_CELL_ORDER,
+    VALUE_COLUMNS,
+    PackedLocalization,
+    PackedSky,
+    pack_localization,
+)
+from mmcross.alert import AlertBatch
+from mmcross.config import Config
+from mmcross.errors import MmcrossError
+from mmcross.event import Event
+from mmcross.match import Match
+
+log = logging.getLogger(__name__)
+
+NSIDE_MAX = 2**kernels.ORDER_MAX
+
+
+def alert_pixels(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    """Order-29 HEALPix NESTED index (int64) of positions in degrees ICRS."""
+    ra = np.asarray(ra, np.float64)
+    if len(ra) == 0:
+        return np.empty(0, np.int64)
+    return np.asarray(hp.ang2pix(NSIDE_MAX, ra, np.asarray(dec, np.float64), nest=True,
+                                 lonlat=True), dtype=np.int64)
+
+
+@dataclass
+class MatchArrays:
+    """Matches of one batch as columns, one row per (alert, event) pair, grouped by alert
+    (alerts in order of their HEALPix index, events in the matcher's order).
+
+    Attributes:
+        alert_index: row of the alert in the batch.
+        event_index: position of the event in ``event_ids``.
+        event_ids: the packed events, in the matcher's order.
+        credible_level: 0..1; searched_area: deg^2; prob_density: per deg^2.
+        distance_mean, distance_std: Mpc, NaN when the map has no distance.
+        time_offset: alert time minus trigger time, days.
+        p_chance: 1 - exp(-rho * searched_area * |time_offset|).
+    """
+
+    alert_index: np.ndarray
+    event_index: np.ndarray
+    event_ids: list[str]
+    credible_level: np.ndarray
+    searched_area: np.ndarray
+    prob_density: np.ndarray
+    distance_mean: np.ndarray
+    distance_std: np.ndarray
+    time_offset: np.ndarray
+    p_chance: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.alert_index)
+
+
+@dataclass
+class _Entry:
+    event: Event
+    packed: PackedLocalization
+
+
+class Matcher:
+    """Matches alert batches against the live events (see module docstring).
+
+    Args:
+        config: supplies ``credible_level``, ``time_window(kind)``, ``background_rate`` and
+            ``match.rho_min_new_alerts``.
+        cell_order: HEALPix order of the coarse cells of the spatial lookup (default 6,
+            ~0.84 deg^2).
+    """
+
+    def __init__(self, config: Config, cell_order: int = DEFAULT_CELL_ORDER) -> None:
+        self.config = config
+        self.cell_order = cell_order
+        self._entries: dict[str, _Entry] = {}
+        self._sky: PackedSky | None = None
+        self._ids: list[str] = []
+        self._trigger = np.empty(0)
+        self._tmin = np.empty(0)
+        self._tmax = np.empty(0)
+        self._capacity_hint = 0  # output size of the last batch, to size the next one
+        self._rate = BackgroundRate(config.background_rate,
+                                    int(config.get("match.rho_min_new_alerts", 1000)))
+
+    # -- the live set --------------------------------------------------------------------
+
+    def _pack(self, event: Event, previous: _Entry | None) -> _Entry | None:
+        if event.localization is None or event.retracted:
+            return None
+        if (previous is not None and previous.event.revision == event.revision
+                and previous.event.localization is event.localization):
+            return _Entry(event, previous.packed)
+        try:
+            packed = pack_localization(event.localization,
+                                       max_credible_level=self.config.credible_level,
+                                       cell_order=self.cell_order)
+        except MmcrossError as exc:
+            log.warning("event %s revision %d not matched: %s", event.event_id,
+                        event.revision, exc)
+            return None
+        log.debug("packed %s rev %d: %d pixels, %d cells", event.event_id, event.revision,
+                  len(packed), len(packed.cells))
+        return _Entry(event, packed)
+
+    def set_events(self, events: Iterable[Event]) -> None:
+        """Replace the live set. Events without localization (or retracted) are ignored;
+        unchanged (event_id, revision) keep their packed localization."""
+        entries: dict[str, _Entry] = {}
+        for event in events:
+            entry = self._pack(event, self._entries.get(event.event_id))
+            if entry is not None:
+                entries[event.event_id] = entry
+        self._entries = entries
+        self._sky = None
+
+    def upsert(self, event: Event) -> None:
+        """Add or replace one event (an event without localization is removed)."""
+        entry = self._pack(event, self._entries.get(event.event_id))
+        if entry is None:
+            self.remove(event.event_id)
+            return
+        self._entries[event.event_id] = entry
+        self._sky = None
+
+    def remove(self, event_id: str) -> None:
+        """Drop an event from the live set (no error if absent)."""
+        if self._entries.pop(event_id, None) is not None:
+            self._sky = None
+
+    @property
+    def event_ids(self) -> list[str]:
+        """The ids of the events being matched."""
+        return list(self._entries)
+
+    def _ensure_sky(self) -> PackedSky:
+        if self._sky is None:
+            entries = list(self._entries.values())
+            self._ids = [e.event.event_id for e in entries]
+            self._trigger = np.array([e.event.trigger_mjd_tai for e in entries], np.float64)
+            windows = [self.config.time_window(e.event.kind) for e in entries]
+            self._tmin = np.array([t + w.before for t, w in zip(self._trigger, windows,
+                                                                strict=True)], np.float64)
+            self._tmax = np.array([t + w.after for t, w in zip(self._trigger, windows,
+                                                               strict=True)], np.float64)
+            self._sky = PackedSky([e.packed for e in entries], self.cell_order)
+            log.debug("packed sky: %d events, %d pixels, %.1f MB", self._sky.n_events,
+                      self._sky.n_pixels, self._sky.nbytes / 1e6)
+        return self._sky
+
+    # -- matching ------------------------------------------------------------------------
+
+    def match_arrays(self, alerts: AlertBatch,
+                     only: Iterable[str] | None = None) -> MatchArrays:
+        """Matches of a batch as columns (the fast path; :meth:`match` builds records)."""
+        sky = self._ensure_sky()
+        if only is None:
+            active = np.ones(sky.n_events, dtype=bool)
+        else:
+            active = np.isin(np.array(self._ids, dtype=object), list(set(only)))
+        if len(alerts) and sky.n_events and active.any():
+            pix = alert_pixels(alerts.ra, alerts.dec)
+            by_pixel = np.argsort(pix, kind="stable")  # locality: neighbours share cells
+            ai, ei, vals = kernels.match_kernel(
+                pix[by_pixel], alerts.mjd_tai[by_pixel], sky.shift, sky.cell_ptr,
+                sky.pair_event, sky.pair_lo, sky.pair_hi, self._tmin, self._tmax, active,
+                sky.ranges, sky.values, max(len(alerts), self._capacity_hint))
+            self._capacity_hint = int(1.25 * len(ai))
+            ai = by_pixel[ai]
+        else:
+            ai = ei = np.empty(0, np.int64)
+            vals = np.empty((len(VALUE_COLUMNS), 0))
+        columns = dict(zip(VALUE_COLUMNS, vals, strict=True))
+        dt = alerts.mjd_tai[ai] - self._trigger[ei]
+        return MatchArrays(
+            alert_index=ai, event_index=ei, event_ids=list(self._ids), time_offset=dt,
+            p_chance=p_chance(self.background_rate, columns["searched_area"], dt), **columns)
+
+    def match(self, alerts: AlertBatch, only: Iterable[str] | None = None) -> list[Match]:
+        """All (alert, event) matches of a batch as :class:`Match` records.
+
+        Args:
+            alerts: the batch (degrees ICRS, MJD TAI).
+            only: if given, match only against these event ids (e.g. retro-matching a newly
+                announced event against the alert history).
+        """
+        found = self.match_arrays(alerts, only)
+        if len(found) == 0:
+            return []
+        rows, inverse = np.unique(found.alert_index, return_inverse=True)
+        alert_iso = _iso_utc(Time(alerts.mjd_tai[rows], format="mjd", scale="tai")).tolist()
+        # per-event fields, computed once per event
+        event_fields = []
+        for event_id in found.event_ids:
+            event = self._entries[event_id].event
+            event_fields.append({
+                "event_id": event.event_id, "event_revision": int(event.revision),
+                "event_kind": str(event.kind), "instrument": event.instrument,
+                "event_time": str(_iso_utc(event.trigger_time)[0]),
+            })
+        has_distance = np.isfinite(found.distance_mean) & np.isfinite(found.distance_std)
+        mean = np.where(has_distance, found.distance_mean, np.nan).tolist()
+        std = np.where(has_distance, found.distance_std, np.nan).tolist()
+        a = found.alert_index
+        columns = zip(
+            found.event_index.tolist(), alerts.alert_id[a].tolist(),
+            alerts.object_id[a].tolist(), alerts.ra[a].tolist(), alerts.dec[a].tolist(),
+            inverse.tolist(), found.time_offset.tolist(), found.credible_level.tolist(),
+            found.searched_area.tolist(), found.prob_density.tolist(), has_distance.tolist(),
+            mean, std, found.p_chance.tolist(), strict=True)
+        return [
+            Match(**event_fields[e], alert_id=aid, object_id=str(oid), ra=ra, dec=dec,
+                  alert_time=alert_iso[t], time_offset=dt, credible_level=cl,
+                  searched_area=area, prob_density=dens,
+                  distance_mean=mu if has else None, distance_std=sd if has else None,
+                  p_chance=pc)
+            for (e, aid, oid, ra, dec, t, dt, cl, area, dens, has, mu, sd, pc) in columns
+        ]
+
+    # -- background rate -----------------------------------------------------------------
+
+    def observe(self, alerts: AlertBatch) -> None:
+        """Feed a batch to the background-rate estimator (see :mod:`matchers.chance`)."""
+        self._rate.observe(alerts.ra, alerts.dec, alerts.mjd_tai, alerts.is_new)
+
+    @property
+    def background_rate(self) -> float:
+        """rho, new transients per deg^2 per day: measured once enough new alerts were
+        observed, else ``config.background_rate``."""
+        return self._rate.rate
+
+
+def _iso_utc(t: Time) -> np.ndarray:
+    """ISO 8601 UTC text with millisecond precision and a trailing 'Z' (1-d str array)."""
+    utc = Time(t, precision=3).utc
+    return np.char.add(np.atleast_1d(np.asarray(utc.isot, dtype=str)), "Z")
