@@ -1,0 +1,173 @@
+"""ORM tables of the mmcross catalog (SQLAlchemy 2 typed declarative mapping).
+
+Units and conventions of the columns:
+
+* ``*_utc``: ISO 8601 strings in UTC (``YYYY-MM-DDTHH:MM:SS.fffffffff``, no zone suffix),
+  exact to the nanosecond, used to rebuild astropy ``Time`` objects.
+* ``*_mjd_tai``: Modified Julian Date in the TAI scale (days), for queries and ordering.
+* ``ra``, ``dec``, ``error_radius``: degrees, ICRS.
+* ``searched_area``: deg^2; ``prob_density``: per deg^2; ``time_offset``: days;
+  ``distance_*``: Mpc.
+* ``*_at``: wall-clock time the row was written (UTC, timezone-aware).
+
+Tables: ``events`` (one row per event id, summary of its latest revision),
+``event_revisions`` (one row per accepted notice), ``matches`` (one row per
+(event, revision, alert)), ``deliveries`` (report keys delivered per sink) and
+``alert_history`` (compact recent alerts for retro-matching after a restart).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+#: JSON column type: JSONB on PostgreSQL, JSON (text) elsewhere.
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every mmcross table."""
+
+
+def _now_column() -> Mapped[dt.datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class EventRow(Base):
+    """One astrophysical event (stable ``event_id``), summarising its latest revision."""
+
+    __tablename__ = "events"
+
+    event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    instrument: Mapped[str] = mapped_column(String(100), nullable=False)
+    #: Trigger time of the latest revision, ISO UTC / MJD TAI (days).
+    trigger_time_utc: Mapped[str] = mapped_column(String(40), nullable=False)
+    trigger_mjd_tai: Mapped[float] = mapped_column(Double, nullable=False, index=True)
+    latest_revision: Mapped[int] = mapped_column(Integer, nullable=False)
+    #: Sticky: True once any revision of the event is a retraction.
+    retracted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, index=True)
+    #: Issue time of the earliest / latest notice (else trigger time), ISO UTC and MJD TAI.
+    first_notice_time_utc: Mapped[str] = mapped_column(String(40), nullable=False)
+    first_notice_mjd_tai: Mapped[float] = mapped_column(Double, nullable=False)
+    last_notice_time_utc: Mapped[str] = mapped_column(String(40), nullable=False)
+    last_notice_mjd_tai: Mapped[float] = mapped_column(Double, nullable=False)
+    created_at: Mapped[dt.datetime] = _now_column()
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False)
+
+    revisions: Mapped[list[EventRevisionRow]] = relationship(
+        back_populates="event", cascade="all, delete-orphan", passive_deletes=True)
+
+
+class EventRevisionRow(Base):
+    """One accepted notice (revision) of an event, with its raw bytes and sky map."""
+
+    __tablename__ = "event_revisions"
+    __table_args__ = (
+        UniqueConstraint("event_id", "revision", name="uq_event_revisions_event_revision"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(
+        ForeignKey("events.event_id", ondelete="CASCADE"), nullable=False, index=True)
+    revision: Mapped[int] = mapped_column(Integer, nullable=False)
+    action: Mapped[str] = mapped_column(String(16), nullable=False)  # "add" / "retract"
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    instrument: Mapped[str] = mapped_column(String(100), nullable=False)
+    trigger_time_utc: Mapped[str] = mapped_column(String(40), nullable=False)
+    trigger_mjd_tai: Mapped[float] = mapped_column(Double, nullable=False)
+    notice_type: Mapped[str] = mapped_column(String(100), nullable=False, default="")
+    notice_time_utc: Mapped[str | None] = mapped_column(String(40))
+    notice_mjd_tai: Mapped[float | None] = mapped_column(Double)
+    #: Notice issue time, else trigger time (MJD TAI): when the revision became known.
+    arrival_mjd_tai: Mapped[float] = mapped_column(Double, nullable=False, index=True)
+    serial: Mapped[int | None] = mapped_column(BigInteger)
+    role: Mapped[str] = mapped_column(String(32), nullable=False, default="observation")
+    significance: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    ra: Mapped[float | None] = mapped_column(Double)  # deg ICRS
+    dec: Mapped[float | None] = mapped_column(Double)  # deg ICRS
+    error_radius: Mapped[float | None] = mapped_column(Double)  # deg
+    containment: Mapped[float | None] = mapped_column(Double)  # probability 0..1
+    raw: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    notice_format: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    source: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    #: Multi-order HEALPix FITS (Localization.to_fits_bytes()), NULL for retractions.
+    localization: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = _now_column()
+
+    event: Mapped[EventRow] = relationship(back_populates="revisions")
+
+
+class MatchRow(Base):
+    """One (event revision, alert) match report; ``retracted`` once revoked."""
+
+    __tablename__ = "matches"
+    __table_args__ = (
+        UniqueConstraint("event_id", "event_revision", "alert_id",
+                         name="uq_matches_event_revision_alert"),
+        Index("ix_matches_event_retracted", "event_id", "retracted"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(200), nullable=False)
+    event_revision: Mapped[int] = mapped_column(Integer, nullable=False)
+    event_kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    instrument: Mapped[str] = mapped_column(String(100), nullable=False)
+    event_time: Mapped[str] = mapped_column(String(40), nullable=False)  # ISO UTC "...Z"
+    alert_id: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
+    object_id: Mapped[str] = mapped_column(String(100), nullable=False)
+    ra: Mapped[float] = mapped_column(Double, nullable=False)  # deg ICRS
+    dec: Mapped[float] = mapped_column(Double, nullable=False)  # deg ICRS
+    alert_time: Mapped[str] = mapped_column(String(40), nullable=False)  # ISO UTC "...Z"
+    time_offset: Mapped[float] = mapped_column(Double, nullable=False)  # days
+    credible_level: Mapped[float] = mapped_column(Double, nullable=False)  # 0..1
+    searched_area: Mapped[float] = mapped_column(Double, nullable=False)  # deg^2
+    prob_density: Mapped[float] = mapped_column(Double, nullable=False)  # per deg^2
+    distance_mean: Mapped[float | None] = mapped_column(Double)  # Mpc
+    distance_std: Mapped[float | None] = mapped_column(Double)  # Mpc
+    p_chance: Mapped[float] = mapped_column(Double, nullable=False)
+    retracted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[dt.datetime] = _now_column()
+    retracted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DeliveryRow(Base):
+    """A report key already delivered to a sink (``"kafka:topic"``, ``"jsonl"``...)."""
+
+    __tablename__ = "deliveries"
+
+    sink: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    delivered_at: Mapped[dt.datetime] = _now_column()
+
+
+class AlertHistoryRow(Base):
+    """A compact recent optical alert (no packet), for retro-matching after a restart."""
+
+    __tablename__ = "alert_history"
+
+    alert_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    object_id: Mapped[str] = mapped_column(String(100), nullable=False)
+    ra: Mapped[float] = mapped_column(Double, nullable=False)  # deg ICRS
+    dec: Mapped[float] = mapped_column(Double, nullable=False)  # deg ICRS
+    mjd_tai: Mapped[float] = mapped_column(Double, nullable=False, index=True)  # MJD TAI
+    is_new: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)

@@ -1,0 +1,514 @@
+"""The catalog store: events, their revisions, matches and deliveries in a SQL database.
+
+SQLite (a file, WAL journal, foreign keys on) by default; PostgreSQL for production
+(``postgresql+psycopg2://user:password@host:port/db``). Every public method runs in one
+transaction: it commits as a whole or not at all, so a crash never leaves half-written
+state. Database failures are raised as :class:`mmcross.errors.StoreError` naming the
+operation and the URL (password masked).
+
+Times are stored twice: ISO 8601 UTC strings (exact, to rebuild astropy ``Time``) and
+MJD TAI floats (days, for queries). See :mod:`catalogs.models` for every column's unit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+from astropy.time import Time
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from catalogs.models import AlertHistoryRow, Base, DeliveryRow, EventRevisionRow, EventRow, MatchRow
+from mmcross.alert import AlertBatch
+from mmcross.errors import StoreError
+from mmcross.event import Event, EventKind, NoticeAction
+from mmcross.match import Match
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "sqlite:///mmcross.sqlite"
+_CHUNK = 500  # keys per IN (...) clause
+_MATCH_FIELDS = tuple(f.name for f in fields(Match))
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (also for unparseable URLs)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - any parse failure: fall back to a regex
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(url))
+
+
+def iso_utc(t: Time) -> str:
+    """ISO 8601 UTC string of a scalar astropy Time, to the nanosecond (no zone suffix)."""
+    return str(Time(t.utc, precision=9).isot)
+
+
+def time_from_iso(iso: str) -> Time:
+    """Inverse of :func:`iso_utc`: an astropy Time in the UTC scale."""
+    return Time(iso, format="isot", scale="utc")
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types (numpy scalars unwrapped, non-finite floats as text)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, list | tuple | set):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf", "-inf": JSONB refuses bare NaN/Infinity
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _opt_float(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def _revision_row(event: Event, revision: int, localization: bytes | None) -> EventRevisionRow:
+    """The ``event_revisions`` row of one event revision (kept separate for crash tests)."""
+    notice_iso = None if event.notice_time is None else iso_utc(event.notice_time)
+    notice_tai = None if event.notice_time is None else float(event.notice_time.tai.mjd)
+    return EventRevisionRow(
+        event_id=event.event_id, revision=revision, action=str(event.action),
+        kind=str(event.kind), instrument=event.instrument,
+        trigger_time_utc=iso_utc(event.trigger_time), trigger_mjd_tai=event.trigger_mjd_tai,
+        notice_type=event.notice_type, notice_time_utc=notice_iso, notice_mjd_tai=notice_tai,
+        arrival_mjd_tai=event.arrival_mjd_tai,
+        serial=None if event.serial is None else int(event.serial), role=event.role,
+        significance=_jsonable(event.significance or {}),
+        ra=_opt_float(event.ra), dec=_opt_float(event.dec),
+        error_radius=_opt_float(event.error_radius), containment=_opt_float(event.containment),
+        raw=bytes(event.raw), notice_format=event.notice_format, source=event.source,
+        localization=localization,
+    )
+
+
+def _match_values(m: Match) -> dict[str, Any]:
+    """A match as plain Python column values (numpy scalars converted)."""
+    return {
+        "event_id": str(m.event_id), "event_revision": int(m.event_revision),
+        "event_kind": str(m.event_kind), "instrument": str(m.instrument),
+        "event_time": str(m.event_time), "alert_id": int(m.alert_id),
+        "object_id": str(m.object_id), "ra": float(m.ra), "dec": float(m.dec),
+        "alert_time": str(m.alert_time), "time_offset": float(m.time_offset),
+        "credible_level": float(m.credible_level), "searched_area": float(m.searched_area),
+        "prob_density": float(m.prob_density), "distance_mean": _opt_float(m.distance_mean),
+        "distance_std": _opt_float(m.distance_std), "p_chance": float(m.p_chance),
+        "retracted": bool(m.retracted),
+    }
+
+
+def _match_from_row(row: MatchRow) -> Match:
+    return Match(**{name: getattr(row, name) for name in _MATCH_FIELDS})
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL journal, foreign keys, and real BEGIN so reads and writes share one transaction."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
+class Store:
+    """Persistence of events, matches, deliveries and alert history.
+
+    Args:
+        url: SQLAlchemy URL, ``sqlite:///path.sqlite`` (default ``sqlite:///mmcross.sqlite``
+            in the working directory) or ``postgresql+psycopg2://user:pw@host:port/db``.
+            Tables are created when missing.
+
+    Raises:
+        StoreError: the URL is invalid, its driver is missing or the database unreachable.
+    """
+
+    def __init__(self, url: str = DEFAULT_URL) -> None:
+        self.url = mask_url(url)
+        try:
+            self.engine = create_engine(url, pool_pre_ping=True)
+            if self.engine.dialect.name == "sqlite":
+                _configure_sqlite(self.engine)
+            Base.metadata.create_all(self.engine)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise StoreError(f"cannot open the store at {self.url}: {exc}") from exc
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._dialect = self.engine.dialect.name
+        log.info("store open at %s", self.url)
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[Session]:
+        """One session in one transaction: commit on success, roll back on any exception."""
+        session = self._sessions()
+        try:
+            with session.begin():
+                yield session
+        except SQLAlchemyError as exc:
+            raise StoreError(f"{what} failed in the store at {self.url}: {exc}") from exc
+        finally:
+            session.close()
+
+    def _insert(self, table: Any) -> Any:
+        """An INSERT that skips rows violating a unique key (SQLite / PostgreSQL)."""
+        if self._dialect == "postgresql":
+            return postgresql.insert(table)
+        if self._dialect == "sqlite":
+            return sqlite.insert(table)
+        return None
+
+    # -- events ------------------------------------------------------------------------
+
+    def save_event(self, event: Event) -> int:
+        """Store one event revision and update the event's summary row.
+
+        The revision number is ``event.revision`` (assigned by the index); 0 means "the next
+        one" (latest stored + 1). Saving an existing (event_id, revision) again replaces
+        that revision's row. A retraction marks the event retracted for good.
+
+        Returns:
+            the revision number stored.
+        """
+        localization = (None if event.localization is None
+                        else bytes(event.localization.to_fits_bytes()))
+        trigger_iso = iso_utc(event.trigger_time)
+        arrival_tai = event.arrival_mjd_tai
+        arrival_time = event.notice_time if event.notice_time is not None else event.trigger_time
+        arrival_iso = iso_utc(arrival_time)
+        with self._transaction(f"saving event {event.event_id}") as s:
+            row = s.get(EventRow, event.event_id, with_for_update=True)
+            latest = 0 if row is None else row.latest_revision
+            revision = event.revision if event.revision > 0 else latest + 1
+            if row is None:
+                row = EventRow(
+                    event_id=event.event_id, kind=str(event.kind), instrument=event.instrument,
+                    trigger_time_utc=trigger_iso, trigger_mjd_tai=event.trigger_mjd_tai,
+                    latest_revision=revision, retracted=event.retracted,
+                    first_notice_time_utc=arrival_iso, first_notice_mjd_tai=arrival_tai,
+                    last_notice_time_utc=arrival_iso, last_notice_mjd_tai=arrival_tai)
+                s.add(row)
+            else:
+                if revision >= latest:
+                    row.kind, row.instrument = str(event.kind), event.instrument
+                    row.trigger_time_utc = trigger_iso
+                    row.trigger_mjd_tai = event.trigger_mjd_tai
+                    row.latest_revision = revision
+                row.retracted = row.retracted or event.retracted
+                if arrival_tai < row.first_notice_mjd_tai:
+                    row.first_notice_time_utc, row.first_notice_mjd_tai = arrival_iso, arrival_tai
+                if arrival_tai > row.last_notice_mjd_tai:
+                    row.last_notice_time_utc, row.last_notice_mjd_tai = arrival_iso, arrival_tai
+            s.flush()
+            new = _revision_row(event, revision, localization)
+            old = s.scalar(select(EventRevisionRow).where(
+                EventRevisionRow.event_id == event.event_id,
+                EventRevisionRow.revision == revision))
+            if old is None:
+                s.add(new)
+            else:
+                log.warning("replacing stored revision %d of %s", revision, event.event_id)
+                for column in EventRevisionRow.__table__.columns:
+                    if column.key not in ("id", "created_at"):
+                        setattr(old, column.key, getattr(new, column.key))
+        log.debug("saved %s revision %d (%s)", event.event_id, revision, event.action)
+        return revision
+
+    def latest_revision(self, event_id: str) -> int:
+        """The highest stored revision of ``event_id``, 0 if it was never stored."""
+        with self._transaction(f"reading the latest revision of {event_id}") as s:
+            value = s.scalar(select(func.max(EventRevisionRow.revision))
+                             .where(EventRevisionRow.event_id == event_id))
+        return int(value or 0)
+
+    def load_live_events(self, now_mjd_tai: float | None = None) -> list[Event]:
+        """The latest revision of every event that is not retracted, sky maps restored.
+
+        Args:
+            now_mjd_tai: if given (MJD TAI), the state as known at that time: only revisions
+                whose notice (else trigger) time is <= ``now_mjd_tai`` count, so an event
+                first announced or retracted later is left out / still live. Expiry of the
+                matching window is the index's job, not the store's.
+
+        Returns:
+            events ordered by the arrival time of their latest revision, ``revision`` kept.
+        """
+        rev = EventRevisionRow
+        latest = select(rev.event_id, func.max(rev.revision).label("revision"))
+        retractions = select(rev.event_id).where(rev.action == str(NoticeAction.RETRACT))
+        if now_mjd_tai is not None:
+            now_mjd_tai = float(now_mjd_tai)  # psycopg2 cannot bind numpy scalars
+            latest = latest.where(rev.arrival_mjd_tai <= now_mjd_tai)
+            retractions = retractions.where(rev.arrival_mjd_tai <= now_mjd_tai)
+        latest_q = latest.group_by(rev.event_id).subquery()
+        stmt = (select(rev)
+                .join(latest_q, (rev.event_id == latest_q.c.event_id)
+                      & (rev.revision == latest_q.c.revision))
+                .where(rev.event_id.not_in(retractions))
+                .order_by(rev.arrival_mjd_tai, rev.event_id))
+        with self._transaction("loading live events") as s:
+            rows = s.scalars(stmt).all()
+        return [self._event_from_row(r) for r in rows]
+
+    def _event_from_row(self, row: EventRevisionRow) -> Event:
+        localization = None
+        if row.localization is not None:
+            from mmcross.localization import Localization
+
+            try:
+                localization = Localization.from_fits(bytes(row.localization))
+            except Exception as exc:
+                raise StoreError(
+                    f"stored sky map of {row.event_id} revision {row.revision} in {self.url} "
+                    f"cannot be read: {exc}") from exc
+        return Event(
+            event_id=row.event_id, kind=EventKind(row.kind), instrument=row.instrument,
+            trigger_time=time_from_iso(row.trigger_time_utc), localization=localization,
+            revision=row.revision, serial=row.serial, action=NoticeAction(row.action),
+            notice_type=row.notice_type,
+            notice_time=None if row.notice_time_utc is None else time_from_iso(
+                row.notice_time_utc),
+            role=row.role, significance=dict(row.significance or {}),
+            ra=row.ra, dec=row.dec, error_radius=row.error_radius, containment=row.containment,
+            raw=bytes(row.raw), notice_format=row.notice_format, source=row.source,
+        )
+
+    def events(self, include_retracted: bool = True) -> list[dict[str, Any]]:
+        """Summary rows for ``mmcross events``, ordered by trigger time.
+
+        Keys: event_id, kind, instrument, trigger_time (ISO UTC), trigger_mjd_tai,
+        revision (the latest), revisions (count), retracted, first_notice_time,
+        last_notice_time (ISO UTC), matches (live), matches_retracted.
+        """
+        n_rev = (select(EventRevisionRow.event_id, func.count().label("n"))
+                 .group_by(EventRevisionRow.event_id).subquery())
+        live = (select(MatchRow.event_id, func.count().label("n"))
+                .where(MatchRow.retracted.is_(False)).group_by(MatchRow.event_id).subquery())
+        dead = (select(MatchRow.event_id, func.count().label("n"))
+                .where(MatchRow.retracted.is_(True)).group_by(MatchRow.event_id).subquery())
+        stmt = (select(EventRow, n_rev.c.n, live.c.n, dead.c.n)
+                .outerjoin(n_rev, n_rev.c.event_id == EventRow.event_id)
+                .outerjoin(live, live.c.event_id == EventRow.event_id)
+                .outerjoin(dead, dead.c.event_id == EventRow.event_id)
+                .order_by(EventRow.trigger_mjd_tai, EventRow.event_id))
+        if not include_retracted:
+            stmt = stmt.where(EventRow.retracted.is_(False))
+        with self._transaction("listing events") as s:
+            rows = s.execute(stmt).all()
+        return [
+            {"event_id": e.event_id, "kind": e.kind, "instrument": e.instrument,
+             "trigger_time": e.trigger_time_utc, "trigger_mjd_tai": e.trigger_mjd_tai,
+             "revision": e.latest_revision, "revisions": int(nr or 0),
+             "retracted": bool(e.retracted), "first_notice_time": e.first_notice_time_utc,
+             "last_notice_time": e.last_notice_time_utc, "matches": int(nl or 0),
+             "matches_retracted": int(nd or 0)}
+            for e, nr, nl, nd in rows
+        ]
+
+    # -- matches -----------------------------------------------------------------------
+
+    def save_matches(self, matches: list[Match]) -> list[Match]:
+        """Store matches, idempotent on (event_id, event_revision, alert_id).
+
+        Returns:
+            the matches that were not stored before (input order, duplicates dropped).
+        """
+        unique: dict[tuple[str, int, int], Match] = {}
+        for m in matches:
+            unique.setdefault((str(m.event_id), int(m.event_revision), int(m.alert_id)), m)
+        if not unique:
+            return []
+        values = [_match_values(m) for m in unique.values()]
+        table = MatchRow.__table__
+        stmt = self._insert(table)
+        with self._transaction(f"saving {len(values)} matches") as s:
+            if stmt is not None:
+                stmt = stmt.on_conflict_do_nothing(
+                    index_elements=["event_id", "event_revision", "alert_id"]).returning(
+                    table.c.event_id, table.c.event_revision, table.c.alert_id)
+                new_keys = {tuple(r) for r in s.execute(stmt, values)}
+            else:  # other dialects: look first, then insert (unique key still guards)
+                existing = set(self._existing_match_keys(s, list(unique)))
+                new_keys = set(unique) - existing
+                rows = [v for k, v in zip(unique, values, strict=True) if k in new_keys]
+                if rows:
+                    s.execute(insert(table), rows)
+        new = [m for k, m in unique.items() if k in new_keys]
+        log.debug("saved %d new matches of %d", len(new), len(matches))
+        return new
+
+    @staticmethod
+    def _existing_match_keys(s: Session,
+                             keys: list[tuple[str, int, int]]) -> Iterable[tuple[str, int, int]]:
+        for event_id in {k[0] for k in keys}:
+            alert_ids = [k[2] for k in keys if k[0] == event_id]
+            for chunk in _chunks(alert_ids):
+                yield from (tuple(r) for r in s.execute(
+                    select(MatchRow.event_id, MatchRow.event_revision, MatchRow.alert_id)
+                    .where(MatchRow.event_id == event_id, MatchRow.alert_id.in_(chunk))))
+
+    def revoke_matches(self, event_id: str,
+                       alert_ids: Iterable[int] | None = None) -> list[Match]:
+        """Mark the live matches of ``event_id`` retracted (only ``alert_ids`` if given).
+
+        Returns:
+            the revoked matches, with ``retracted=True``, ordered as they were stored.
+        """
+        base = (select(MatchRow)
+                .where(MatchRow.event_id == event_id, MatchRow.retracted.is_(False))
+                .order_by(MatchRow.id).with_for_update())
+        with self._transaction(f"revoking matches of {event_id}") as s:
+            if alert_ids is None:
+                rows = list(s.scalars(base))
+            else:
+                ids = sorted({int(a) for a in alert_ids})
+                rows = [r for chunk in _chunks(ids)
+                        for r in s.scalars(base.where(MatchRow.alert_id.in_(chunk)))]
+                rows.sort(key=lambda r: r.id)
+            now = func.now()
+            for row in rows:
+                row.retracted = True
+                row.retracted_at = now
+            s.flush()
+            revoked = [_match_from_row(r) for r in rows]
+        log.debug("revoked %d matches of %s", len(revoked), event_id)
+        return revoked
+
+    def matches(self, event_id: str | None = None,
+                include_retracted: bool = True) -> list[Match]:
+        """Stored matches (of one event if ``event_id``), in the order they were stored."""
+        stmt = select(MatchRow).order_by(MatchRow.id)
+        if event_id is not None:
+            stmt = stmt.where(MatchRow.event_id == event_id)
+        if not include_retracted:
+            stmt = stmt.where(MatchRow.retracted.is_(False))
+        with self._transaction("reading matches") as s:
+            return [_match_from_row(r) for r in s.scalars(stmt)]
+
+    # -- deliveries --------------------------------------------------------------------
+
+    def mark_delivered(self, keys: Iterable[str], sink: str) -> None:
+        """Remember that the reports with these keys were delivered to ``sink``."""
+        unique = sorted({str(k) for k in keys})
+        if not unique:
+            return
+        table = DeliveryRow.__table__
+        stmt = self._insert(table)
+        with self._transaction(f"marking {len(unique)} keys delivered to {sink}") as s:
+            if stmt is not None:
+                s.execute(stmt.on_conflict_do_nothing(index_elements=["sink", "key"]),
+                          [{"sink": sink, "key": k} for k in unique])
+            else:
+                done = self._delivered(s, unique, sink)
+                rows = [{"sink": sink, "key": k} for k in unique if k not in done]
+                if rows:
+                    s.execute(insert(table), rows)
+
+    def delivered(self, keys: Iterable[str], sink: str) -> set[str]:
+        """The subset of ``keys`` already delivered to ``sink``."""
+        unique = sorted({str(k) for k in keys})
+        if not unique:
+            return set()
+        with self._transaction(f"reading deliveries to {sink}") as s:
+            return self._delivered(s, unique, sink)
+
+    @staticmethod
+    def _delivered(s: Session, keys: list[str], sink: str) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(keys):
+            found.update(s.scalars(select(DeliveryRow.key)
+                                   .where(DeliveryRow.sink == sink, DeliveryRow.key.in_(chunk))))
+        return found
+
+    # -- alert history -----------------------------------------------------------------
+
+    def save_alert_history(self, batch: AlertBatch) -> None:
+        """Keep the alerts' ids, positions (deg ICRS), times (MJD TAI) and is_new flags.
+
+        Alerts already stored (same ``alert_id``) are skipped. One bulk INSERT.
+        """
+        if len(batch) == 0:
+            return
+        is_new = (batch.is_new if batch.is_new is not None
+                  else np.zeros(len(batch), dtype=bool))
+        rows = [
+            {"alert_id": a, "object_id": str(o), "ra": r, "dec": d, "mjd_tai": t, "is_new": n}
+            for a, o, r, d, t, n in zip(
+                batch.alert_id.tolist(), batch.object_id.tolist(), batch.ra.tolist(),
+                batch.dec.tolist(), batch.mjd_tai.tolist(), is_new.tolist(), strict=True)
+        ]
+        table = AlertHistoryRow.__table__
+        stmt = self._insert(table)
+        with self._transaction(f"saving {len(rows)} alerts of history") as s:
+            if stmt is not None:
+                s.execute(stmt.on_conflict_do_nothing(index_elements=["alert_id"]), rows)
+            else:
+                s.execute(insert(table), rows)
+
+    def load_alert_history(self, since_mjd_tai: float,
+                           until_mjd_tai: float | None = None) -> AlertBatch:
+        """Stored alerts with ``since <= mjd_tai`` (and ``<= until``), MJD TAI, time-ordered."""
+        t = AlertHistoryRow.__table__
+        since_mjd_tai = float(since_mjd_tai)
+        stmt = (select(t.c.alert_id, t.c.object_id, t.c.ra, t.c.dec, t.c.mjd_tai, t.c.is_new)
+                .where(t.c.mjd_tai >= since_mjd_tai).order_by(t.c.mjd_tai, t.c.alert_id))
+        if until_mjd_tai is not None:
+            stmt = stmt.where(t.c.mjd_tai <= float(until_mjd_tai))
+        with self._transaction("loading alert history") as s:
+            rows = s.execute(stmt).all()
+        if not rows:
+            return AlertBatch(np.empty(0, np.int64), np.empty(0, object), np.empty(0),
+                              np.empty(0), np.empty(0), is_new=np.empty(0, bool))
+        alert_id, object_id, ra, dec, mjd, is_new = zip(*rows, strict=True)
+        return AlertBatch(np.array(alert_id, np.int64), np.array(object_id, object),
+                          np.array(ra, np.float64), np.array(dec, np.float64),
+                          np.array(mjd, np.float64), is_new=np.array(is_new, bool))
+
+    def prune_alert_history(self, before_mjd_tai: float) -> int:
+        """Delete stored alerts older than ``before_mjd_tai`` (MJD TAI); returns how many."""
+        with self._transaction("pruning alert history") as s:
+            result = s.execute(delete(AlertHistoryRow)
+                               .where(AlertHistoryRow.mjd_tai < float(before_mjd_tai)))
+            return int(result.rowcount or 0)
