@@ -92,6 +92,7 @@ def run_demo(out: Path, *, n_alerts: int = 20_000, seed: int = 1,
         early = max(1, n_inject // 3)
         night = simulate_night(
             per_event, start_mjd_tai=t0 - 0.005, duration_days=0.3, rng=rng,
+            first_id=i * 10_000_000,
             inject=[(event.localization, early, t0, max(arrival, t0 + 1e-5)),
                     (event.localization, n_inject - early, arrival, arrival + 0.25)])
         night.write_wire_stream(alerts_dir / f"{i:02d}.wires")

@@ -122,12 +122,14 @@ class Engine:
     def on_alerts(self, batch: AlertBatch) -> list[Match]:
         """Match a batch of alerts against every live event; returns the new matches.
 
-        Events whose window has closed before the batch's newest alert expire first.
+        Events whose window closed before the batch's oldest alert expire first (the
+        matcher applies each event's window to every alert, so a batch spanning an
+        event's window end is still matched correctly).
         """
         if len(batch) == 0:
             return []
         self.stats["alerts"] += len(batch)
-        for event in self.index.expire(float(batch.mjd_tai.max())):
+        for event in self.index.expire(float(batch.mjd_tai.min())):
             self.matcher.remove(event.event_id)
             self._matches.pop(event.event_id, None)
             self.stats["events_expired"] += 1

@@ -308,7 +308,7 @@ def simulate_night(n_alerts: int, *, start_mjd_tai: float, rng: np.random.Genera
                    duration_days: float = 0.4, schema_id: int | None = None,
                    n_previous: int = 30, cutout_bytes: int = 20_000,
                    inject: Sequence[Injection] = (), alerts_per_visit: int = 10_000,
-                   new_fraction: float = 0.3) -> SimulatedNight:
+                   new_fraction: float = 0.3, first_id: int = 0) -> SimulatedNight:
     """Plan a night of ``n_alerts`` background Rubin alerts plus injected counterparts.
 
     Args:
@@ -322,6 +322,8 @@ def simulate_night(n_alerts: int, *, start_mjd_tai: float, rng: np.random.Genera
             from the localization, uniformly in time within [start, end].
         alerts_per_visit: alerts per visit (one field, one midpoint time).
         new_fraction: fraction of background alerts that are first detections.
+        first_id: offset of this night's ``diaSourceId`` numbering, so that several
+            simulated nights replayed together keep their ids unique.
 
     Returns:
         The :class:`SimulatedNight` (ground truth; iterate ``messages()`` or write it).
@@ -355,7 +357,7 @@ def simulate_night(n_alerts: int, *, start_mjd_tai: float, rng: np.random.Genera
     mjd, visit, is_new = np.concatenate(t_l), np.concatenate(v_l), np.concatenate(new_l)
     order = np.lexsort((visit, mjd))
     alert_id = np.empty(len(ra), np.int64)
-    alert_id[order] = _SOURCE_ID_BASE + np.arange(len(ra), dtype=np.int64)
+    alert_id[order] = _SOURCE_ID_BASE + first_id + np.arange(len(ra), dtype=np.int64)
     # A new object's id is its first source's id; known objects get ids of their own.
     object_id = np.where(is_new, alert_id, alert_id - _SOURCE_ID_BASE + _HISTORY_ID_BASE // 2)
     injected = [alert_id[r] for r in inj_rows]
