@@ -109,7 +109,7 @@ def run_demo(out: Path, *, n_alerts: int = 20_000, seed: int = 1,
                     sinks=[JsonLinesSink(out / "matches.jsonl"), VOEventDirectorySink(
                         out / "voevents")])
     try:
-        summary = replay(engine, notices, [alerts_dir])
+        summary = replay(engine, events, [alerts_dir])
     finally:
         engine.close()
 

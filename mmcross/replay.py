@@ -74,14 +74,20 @@ def read_notices(paths: Iterable[Path], summary: ReplaySummary,
     return events
 
 
-def replay(engine: Engine, notice_paths: Iterable[str | Path],
+def replay(engine: Engine, notices: Iterable[str | Path | Event],
            alert_paths: Iterable[str | Path], *, chunk: int = 20_000,
            progress_every: float = 5.0) -> ReplaySummary:
-    """Run notices and alerts through ``engine`` in time order; returns the summary."""
+    """Run notices and alerts through ``engine`` in time order; returns the summary.
+
+    ``notices`` are notice files or folders, or already parsed events.
+    """
     summary = ReplaySummary()
     started = time.perf_counter()
-    pending = deque(read_notices(expand_paths(notice_paths, NOTICE_SUFFIXES), summary,
-                                 engine.config))
+    notices = list(notices)
+    parsed = [n for n in notices if isinstance(n, Event)]
+    files = expand_paths([n for n in notices if not isinstance(n, Event)], NOTICE_SUFFIXES)
+    pending = deque(sorted(parsed + read_notices(files, summary, engine.config),
+                           key=lambda e: e.arrival_mjd_tai))
     log.info("replay: %d notices parsed, %d refused", len(pending),
              sum(summary.notice_errors.values()))
 
