@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs mmcross with its test extras, starts a
+# local PostgreSQL (Debian's packages, installed if missing) and a local Apache Kafka broker
+# (jars from Maven Central), runs ruff and pytest, and stops both servers.
+# Extra arguments go to pytest, e.g. `scripts/test.sh -m "not kafka and not postgres"`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+state="${MMCROSS_TEST_STATE:-$(mktemp -d -t mmcross-test-XXXXXX)}"
+chmod 755 "$state"  # PostgreSQL runs as the postgres user and needs to enter it
+cleanup() {
+    python scripts/kafka_local.py stop --dir "$state/kafka" >/dev/null 2>&1 || true
+    bash scripts/postgres_local.sh stop "$state/postgres" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+pg_env=$(bash scripts/postgres_local.sh start "$state/postgres")
+eval "$pg_env"
+export MMCROSS_TEST_POSTGRES_URL
+MMCROSS_KAFKA_BOOTSTRAP=$(python scripts/kafka_local.py start --dir "$state/kafka" \
+    | sed -n 's/^KAFKA_BOOTSTRAP=//p')
+export MMCROSS_KAFKA_BOOTSTRAP
+echo "PostgreSQL: ${MMCROSS_TEST_POSTGRES_URL##*@}  Kafka: $MMCROSS_KAFKA_BOOTSTRAP"
+
+ruff check .
+python -m pytest "$@"
