@@ -1,0 +1,450 @@
+"""VOEvent Transport Protocol both ways, against real peers on 127.0.0.1.
+
+* pygcn's own test server (``pygcn-serve``) sends real GCN VOEvents to our listener;
+* pygcn's client (``gcn.listen``) subscribes to our broadcaster and receives counterpart and
+  retraction VOEvents, which must validate as VOEvent 2.0;
+* a stalled raw-socket subscriber must not hold back a healthy pygcn one and is dropped;
+* hostile frames (1 GB length prefix, truncated frame, entity expansion) are refused and
+  counted, and the listener carries on.
+
+Waits are bounded and generous; nothing asserts on durations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import voeventparse as vp
+from lxml import etree
+
+from brokers.voevent_out import counterpart_ivorn
+from brokers.vtp import BroadcasterSettings, SubscriptionFilter, VTPBroadcaster
+from listeners import parse_notice
+from listeners.vtp import VTPListener, VTPListenerSettings, parse_host_port, transport_message
+from mmcross.config import Config, notice_options
+from mmcross.errors import BadNoticeError, ConfigError
+from tests.test_reports import make_match
+
+GCN = "gcn/voevent/fink-mm-kafka-2024-01"
+GBM = f"{GCN}/Fermi_GBM_Gnd_Pos_726773850-268.xml"
+BAT = f"{GCN}/Swift_BAT_GRB_Pos_1208389-262.xml"
+WAIT = 30.0  # seconds: upper bound of every wait, never an assertion on speed
+
+BILLION_LAUGHS = b"""<?xml version="1.0"?>
+<!DOCTYPE voe:VOEvent [
+ <!ENTITY a "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa">
+ <!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">
+ <!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">
+ <!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;">
+]>
+<voe:VOEvent xmlns:voe="http://www.ivoa.net/xml/VOEvent/v2.0" ivorn="ivo://evil/x#1"
+ role="observation" version="2.0"><What><Param name="Packet_Type" value="&d;"/></What>
+</voe:VOEvent>"""
+
+# pygcn's client in its own process, saving each VOEvent it receives as NNNNN.xml.
+PYGCN_SUBSCRIBER = """
+import logging, os, sys, itertools
+import gcn
+out = sys.argv[1]
+seq = itertools.count()
+def handler(payload, root):
+    path = os.path.join(out, "%05d.xml" % next(seq))
+    with open(path + ".tmp", "wb") as f:
+        f.write(payload)
+    os.replace(path + ".tmp", path)
+logging.basicConfig(level=logging.WARNING)
+gcn.listen(host="127.0.0.1", port=int(sys.argv[2]), handler=handler,
+           ivorn="ivo://mmcross-test/pygcn", iamalive_timeout=60, max_reconnect_timeout=2)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack("!I", len(payload)) + payload
+
+
+def read_frame(sock: socket.socket) -> bytes:
+    def exactly(n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("closed")
+            buf += chunk
+        return buf
+
+    return exactly(struct.unpack("!I", exactly(4))[0])
+
+
+@pytest.fixture
+def processes():
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture
+def config() -> Config:
+    return Config.load(overrides={"localization": {"credible_level_tolerance": 1e-2}})
+
+
+def start_pygcn_subscriber(processes, port: int, out: Path) -> None:
+    out.mkdir()
+    processes.append(subprocess.Popen([sys.executable, "-c", PYGCN_SUBSCRIBER, str(out),
+                                       str(port)], stdout=subprocess.DEVNULL))
+
+
+def received(out: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted(out.glob("*.xml"))]
+
+
+# -- small pieces --------------------------------------------------------------------------
+
+
+def test_host_port_parsing_and_settings_from_config(config):
+    assert parse_host_port("45.58.43.186:8099") == ("45.58.43.186", 8099)
+    assert parse_host_port("gcn.example") == ("gcn.example", 8099)
+    assert parse_host_port("[::1]:9000") == ("::1", 9000)
+    with pytest.raises(ConfigError):
+        parse_host_port("host:notaport")
+    cfg = Config.load(overrides={"vtp": {"listen": {"servers": ["a:1", "b"],
+                                                    "iamalive_timeout": 5}}})
+    s = VTPListenerSettings.from_config(cfg)
+    assert s.servers == (("a", 1), ("b", 8099)) and s.iamalive_timeout == 5.0
+    assert VTPListenerSettings.from_config(cfg, ["c:2"]).servers == (("c", 2),)
+    with pytest.raises(ConfigError):
+        VTPListener(VTPListenerSettings(servers=()), print)
+
+
+def test_subscription_filter_keeps_central_unlikely_chance_matches():
+    f = SubscriptionFilter.from_mapping({"kinds": ["GW"], "instruments": ["lvk"],
+                                         "max_credible_level": 0.5, "max_p_chance": 0.05})
+    assert f.accepts(make_match(credible_level=0.2, p_chance=0.01))
+    assert f.accepts(make_match(credible_level=0.5, p_chance=0.05))  # limits inclusive
+    assert not f.accepts(make_match(credible_level=0.6))  # outside the 50% region
+    assert not f.accepts(make_match(credible_level=0.2, p_chance=0.2))
+    assert not f.accepts(make_match(credible_level=0.2, event_kind="grb"))
+    assert not f.accepts(make_match(credible_level=0.2, instrument="Fermi-GBM"))
+    assert SubscriptionFilter().accepts(make_match(credible_level=1.0, p_chance=1.0))
+    for bad in ({"max_p_chance": 0}, {"kinds": ["gravity"]}, {"min_credible_level": 0.1}):
+        with pytest.raises(ConfigError):
+            SubscriptionFilter.from_mapping(bad)
+    cfg = Config.load(overrides={"vtp": {"broadcast": {
+        "port": 0, "filters": {"10.0.0.7": {"max_p_chance": 0.01}}}}})
+    s = BroadcasterSettings.from_config(cfg)
+    assert s.port == 0 and s.host == "127.0.0.1"
+    assert s.filters["10.0.0.7"].max_p_chance == 0.01
+    assert s.default_filter == SubscriptionFilter()
+
+
+def test_entity_expansion_is_refused_by_parse_notice():
+    with pytest.raises(BadNoticeError):
+        parse_notice(BILLION_LAUGHS, source="test")
+
+
+# -- GCN Classic over VTP in ---------------------------------------------------------------
+
+
+def test_listener_gets_real_gcn_voevents_from_pygcn_serve(shared_file, processes, config):
+    files = [shared_file(GBM), shared_file(BAT)]
+    port = free_port()
+    processes.append(subprocess.Popen(
+        [sys.executable, "-c", "from gcn.cmdline import serve_main; serve_main()",
+         "--host", f"127.0.0.1:{port}", "-t", "1", *map(str, files)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    events, lock = [], threading.Lock()
+    listener = VTPListener.from_config(config, events.append, servers=[f"127.0.0.1:{port}"],
+                                       lock=lock, backoff_min=0.1, backoff_max=0.5)
+    listener.start()
+    try:
+        wait_until(lambda: {e.event_id for e in events} >= {"fermi-gbm:726773850",
+                                                            "swift:1208389"},
+                   "both real GCN notices over VTP")
+    finally:
+        listener.stop()
+    by_id = {e.event_id: e for e in events}
+    for path, event_id in zip(files, ["fermi-gbm:726773850", "swift:1208389"], strict=True):
+        event = by_id[event_id]
+        assert event.raw == path.read_bytes()  # the payload exactly as served
+        assert event.source.startswith(f"vtp://127.0.0.1:{port} ivo://nasa.gsfc.gcn/")
+        ra = float(vp.get_event_position(vp.loads(path.read_bytes())).ra)
+        assert abs(event.ra - ra) < 1e-6
+    assert events[0].event_id == "fermi-gbm:726773850"  # served in order
+    assert listener.stats["bad_notices"] == 0 and listener.stats["events"] >= 2
+
+
+class ScriptedServer:
+    """A hostile VTP 'server': connection i runs scripts[i](conn), then is closed."""
+
+    def __init__(self, scripts: list[Callable[[socket.socket], None]]) -> None:
+        self.scripts = scripts
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        for script in self.scripts:
+            conn, _ = self.sock.accept()
+            with conn:
+                conn.settimeout(WAIT)
+                try:
+                    script(conn)
+                except BaseException as exc:  # noqa: BLE001 - reported by the test
+                    self.errors.append(exc)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_listener_refuses_hostile_frames_and_carries_on(shared_file, config):
+    good = shared_file(BAT).read_bytes()
+    replies: dict[str, bytes] = {}
+    done = threading.Event()
+
+    def huge_prefix(conn):
+        conn.sendall(struct.pack("!I", 1 << 30) + b"<voe:VOEvent")
+        with contextlib.suppress(ConnectionResetError):  # reset: rest of frame unread
+            assert conn.recv(1) == b""  # the listener hangs up without replying
+
+    def truncated(conn):
+        conn.sendall(struct.pack("!I", 1000) + good[:10])
+
+    def hostile_then_good(conn):
+        conn.sendall(frame(BILLION_LAUGHS))
+        conn.sendall(frame(b"<not-xml"))
+        conn.sendall(frame(transport_message("iamalive", "ivo://test-broker")))
+        replies["iamalive"] = read_frame(conn)
+        conn.sendall(frame(good))
+        replies["ack"] = read_frame(conn)
+        done.wait(WAIT)
+
+    server = ScriptedServer([huge_prefix, truncated, hostile_then_good])
+    events: list = []
+    listener = VTPListener(VTPListenerSettings(servers=(("127.0.0.1", server.port),),
+                                               ivorn="ivo://mmcross-test/listener",
+                                               backoff_min=0.05, backoff_max=0.1,
+                                               max_packet_bytes=1 << 20),
+                           events.append, options=notice_options(config))
+    listener.start()
+    try:
+        wait_until(lambda: events, "the good notice after the hostile ones")
+    finally:
+        done.set()
+        listener.stop()
+        server.close()
+    assert not server.errors
+    assert [e.event_id for e in events] == ["swift:1208389"]
+    s = listener.stats
+    assert (s["oversized_frames"], s["truncated_frames"], s["refused_doctype"],
+            s["unparsable"]) == (1, 1, 1, 1)
+    assert s["connections"] == 3
+    alive = etree.fromstring(replies["iamalive"])
+    assert alive.get("role") == "iamalive"
+    assert alive.findtext("Origin") == "ivo://test-broker"
+    assert alive.findtext("Response") == "ivo://mmcross-test/listener"
+    ack = etree.fromstring(replies["ack"])
+    assert ack.get("role") == "ack"
+    assert ack.findtext("Origin") == etree.fromstring(good).get("ivorn")
+
+
+# -- counterpart VOEvents out --------------------------------------------------------------
+
+
+def test_pygcn_receives_valid_counterpart_and_retraction(tmp_path, processes):
+    broadcaster = VTPBroadcaster(BroadcasterSettings(
+        port=0, iamalive_interval=0.3, default_filter=SubscriptionFilter(max_p_chance=0.05)))
+    _, port = broadcaster.start()
+    try:
+        out = tmp_path / "pygcn"
+        start_pygcn_subscriber(processes, port, out)
+        wait_until(lambda: broadcaster.subscribers(), "pygcn to subscribe")
+        good, unlikely = make_match(0, p_chance=0.01), make_match(1, p_chance=0.5)
+        broadcaster.write([good, unlikely])
+        broadcaster.write([make_match(0, p_chance=0.01, retracted=True)])
+        wait_until(lambda: len(received(out)) >= 2, "two VOEvents at pygcn")
+        wait_until(lambda: broadcaster.stats["acks"] >= 2, "pygcn's acks")
+        wait_until(lambda: broadcaster.stats["iamalive_replies"] >= 2,
+                   "pygcn's iamalive replies")
+        time.sleep(0.5)  # would let a wrongly forwarded third packet arrive
+        packets = received(out)
+        subs = broadcaster.subscribers()
+    finally:
+        broadcaster.close()
+    assert len(packets) == 2  # the p_chance = 0.5 match was filtered out
+    counterpart, retraction = (vp.loads(p) for p in packets)
+    assert vp.valid_as_v2_0(counterpart) and vp.valid_as_v2_0(retraction)
+    assert counterpart.attrib["ivorn"] == counterpart_ivorn(good)
+    assert vp.get_toplevel_params(counterpart)["alert_id"]["value"] == str(good.alert_id)
+    assert retraction.Citations.EventIVORN.attrib["cite"] == "retraction"
+    assert retraction.Citations.EventIVORN.text == counterpart_ivorn(good)
+    assert broadcaster.stats["filtered_out"] == 1 and broadcaster.stats["naks"] == 0
+    assert len(subs) == 1 and broadcaster.stats["dropped_subscribers"] == 0
+
+
+def test_stalled_subscriber_does_not_hold_back_a_healthy_one(tmp_path, processes):
+    # small socket buffers: the stalled subscriber's sender blocks after a few packets
+    broadcaster = VTPBroadcaster(BroadcasterSettings(port=0, iamalive_interval=0.5,
+                                                     send_buffer_bytes=8192))
+    _, port = broadcaster.start()
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills fast
+    try:
+        stalled.connect(("127.0.0.1", port))  # and never reads nor answers
+        out = tmp_path / "pygcn"
+        start_pygcn_subscriber(processes, port, out)
+        wait_until(lambda: len(broadcaster.subscribers()) == 2, "both subscribers")
+        n = 300
+        for start in range(0, n, 50):
+            broadcaster.write([make_match(i) for i in range(start, start + 50)])
+        wait_until(lambda: len(received(out)) >= n, f"{n} VOEvents at the healthy subscriber")
+        wait_until(lambda: broadcaster.stats["dropped_subscribers"] >= 1,
+                   "the stalled subscriber to be dropped")
+        wait_until(lambda: broadcaster.stats["acks"] >= n, "the healthy subscriber's acks")
+        packets = received(out)
+        remaining = broadcaster.subscribers()
+    finally:
+        broadcaster.close()
+        stalled.close()
+    ids = [int(vp.get_toplevel_params(vp.loads(p))["alert_id"]["value"]) for p in packets]
+    assert ids == [make_match(i).alert_id for i in range(n)]  # all, in order, once
+    assert broadcaster.stats["dropped_no_iamalive"] + broadcaster.stats["dropped_no_acks"] == 1
+    assert broadcaster.stats["sent"] < 2 * n  # the stalled one really was stuck
+    assert len(remaining) == 1 and remaining[0].stats["acks"] >= n
+    assert remaining[0].stats.get("queue_overflow", 0) == 0
+
+
+def test_full_queue_drops_the_oldest_packets_and_keeps_the_newest():
+    queue_size, n = 10, 200
+    broadcaster = VTPBroadcaster(BroadcasterSettings(
+        port=0, iamalive_interval=30, queue_size=queue_size, send_buffer_bytes=8192,
+        max_outstanding_acks=10 * n))
+    _, port = broadcaster.start()
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        slow.connect(("127.0.0.1", port))
+        wait_until(lambda: broadcaster.subscribers(), "the subscriber")
+        broadcaster.write([make_match(i) for i in range(n)])
+        wait_until(lambda: broadcaster.stats["matches"] == n, "the dispatch of every match")
+        overflow = broadcaster.stats["queue_overflow"]
+        assert overflow > 0 and broadcaster.subscribers()[0].queued == queue_size
+        slow.settimeout(WAIT)  # now catch up: in-flight packets, then the newest ones
+        ids = [int(vp.get_toplevel_params(vp.loads(read_frame(slow)))["alert_id"]["value"])
+               for _ in range(n - overflow)]
+    finally:
+        broadcaster.close()
+        slow.close()
+    expected = [make_match(i).alert_id for i in range(n)]
+    assert ids == expected[:n - overflow - queue_size] + expected[-queue_size:]
+
+
+def test_subscriber_sending_nak_or_oversized_reply_is_dropped():
+    broadcaster = VTPBroadcaster(BroadcasterSettings(port=0, iamalive_interval=30,
+                                                     max_reply_bytes=4096))
+    _, port = broadcaster.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), WAIT) as naker:
+            wait_until(lambda: broadcaster.subscribers(), "the subscriber")
+            broadcaster.write([make_match()])
+            origin = etree.fromstring(read_frame(naker)).get("ivorn")
+            naker.sendall(frame(transport_message("nak", origin, "ivo://naker")))
+            wait_until(lambda: broadcaster.stats["dropped_nak"] == 1, "drop after nak")
+        with socket.create_connection(("127.0.0.1", port), WAIT) as big:
+            wait_until(lambda: broadcaster.subscribers(), "the second subscriber")
+            big.sendall(struct.pack("!I", 1 << 30))
+            wait_until(lambda: broadcaster.stats["dropped_oversized_reply"] == 1,
+                       "drop after a 1 GB reply prefix")
+            assert big.recv(1) == b""  # the broadcaster hung up
+    finally:
+        broadcaster.close()
+    assert broadcaster.stats["naks"] == 1 and not broadcaster.subscribers()
+
+
+# -- both ways through the engine ----------------------------------------------------------
+
+
+def test_gcn_notice_over_vtp_to_counterpart_at_a_pygcn_subscriber(shared_file, processes,
+                                                                    config, tmp_path):
+    """pygcn-serve -> VTPListener -> Engine -> VTPBroadcaster (as a sink) -> gcn.listen."""
+    from mmcross.alert import AlertBatch
+    from mmcross.engine import Engine
+
+    bat = shared_file(BAT)
+    notice = vp.loads(bat.read_bytes())
+    pos = vp.get_event_position(notice)
+    broadcaster = VTPBroadcaster(BroadcasterSettings(port=0, iamalive_interval=0.5))
+    _, out_port = broadcaster.start()
+    engine = Engine(config, sinks=[broadcaster])
+    lock = threading.Lock()
+    in_port = free_port()
+    processes.append(subprocess.Popen(
+        [sys.executable, "-c", "from gcn.cmdline import serve_main; serve_main()",
+         "--host", f"127.0.0.1:{in_port}", "-t", "1", str(bat)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    listener = VTPListener.from_config(config, engine.on_notice, servers=[f"127.0.0.1:{in_port}"],
+                                       lock=lock, backoff_min=0.1, backoff_max=0.5)
+    out = tmp_path / "pygcn"
+    listener.start()
+    try:
+        start_pygcn_subscriber(processes, out_port, out)
+        wait_until(lambda: "swift:1208389" in engine.index and broadcaster.subscribers(),
+                   "the notice in the index and a subscriber")
+        with lock:
+            t0 = engine.index.get("swift:1208389").trigger_mjd_tai
+        batch = AlertBatch(alert_id=np.array([101, 102], dtype=np.int64),
+                           object_id=np.array(["101", "102"], dtype=object),
+                           ra=np.array([float(pos.ra), (float(pos.ra) + 90.0) % 360.0]),
+                           dec=np.array([float(pos.dec), 0.0]),
+                           mjd_tai=np.array([t0 + 0.1, t0 + 0.1]))
+        with lock:
+            found = engine.on_alerts(batch)
+        assert [m.alert_id for m in found] == [101]
+        wait_until(lambda: received(out), "the counterpart VOEvent at pygcn")
+    finally:
+        listener.stop()
+        broadcaster.close()
+    counterpart = vp.loads(received(out)[0])
+    assert vp.valid_as_v2_0(counterpart)
+    params = vp.get_toplevel_params(counterpart)
+    assert params["event_id"]["value"] == "swift:1208389"
+    assert params["alert_id"]["value"] == "101"
+
+
+def test_broadcaster_on_a_busy_port_fails_to_start_and_drops_writes():
+    first = VTPBroadcaster(BroadcasterSettings(port=0))
+    _, port = first.start()
+    try:
+        second = VTPBroadcaster(BroadcasterSettings(port=port))
+        with pytest.raises(OSError):
+            second.start()
+        second.write([make_match()])  # never blocks, never raises
+        assert second.stats["not_running"] == 1
+    finally:
+        first.close()
