@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import socket
-import struct
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -39,13 +37,12 @@ from mmcross.config import Config
 from mmcross.errors import ConfigError
 from mmcross.event import EventKind
 from mmcross.match import Match
+from mmcross.vtp_protocol import LENGTH, frame, safe_xml, transport_message
 
 log = logging.getLogger(__name__)
 
 DEFAULT_IVORN = "ivo://mmcross/broadcaster"
-TRANSPORT_NS = "http://telescope-networks.org/schema/Transport/v1.1"
 OVERFLOW_POLICIES = ("drop-oldest", "disconnect")
-_LENGTH = struct.Struct("!I")
 
 
 # -- filters -------------------------------------------------------------------------------
@@ -163,26 +160,7 @@ class BroadcasterSettings:
 
 def iamalive_message(ivorn: str) -> bytes:
     """The broadcaster's ``Transport`` iamalive packet (UTF-8 XML)."""
-    root = etree.Element(f"{{{TRANSPORT_NS}}}Transport", nsmap={"trn": TRANSPORT_NS},
-                         role="iamalive", version="1.0")
-    etree.SubElement(root, "Origin").text = ivorn
-    etree.SubElement(root, "TimeStamp").text = dt.datetime.now(dt.UTC).strftime(
-        "%Y-%m-%dT%H:%M:%SZ")
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
-
-
-def _reply_root(payload: bytes) -> Any:
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False,
-                             load_dtd=False, remove_pis=True)
-    root = etree.fromstring(payload, parser=parser)
-    if root.getroottree().docinfo.doctype:
-        raise ValueError("reply declares a DOCTYPE")
-    return root
-
-
-def frame(payload: bytes) -> bytes:
-    """``payload`` with its 4-byte big-endian length prefix."""
-    return _LENGTH.pack(len(payload)) + payload
+    return transport_message("iamalive", ivorn)
 
 
 # -- one subscriber ------------------------------------------------------------------------
@@ -423,7 +401,7 @@ class VTPBroadcaster:
     async def _receiver(self, sub: _Subscriber) -> None:
         try:
             while True:
-                (length,) = _LENGTH.unpack(await sub.reader.readexactly(_LENGTH.size))
+                (length,) = LENGTH.unpack(await sub.reader.readexactly(LENGTH.size))
                 if length > self.settings.max_reply_bytes:
                     await self._drop(sub, "oversized_reply", f"{length} bytes")
                     return
@@ -439,7 +417,7 @@ class VTPBroadcaster:
     def _on_reply(self, sub: _Subscriber, payload: bytes) -> str | None:
         """Account for one reply; returns a reason to drop the subscriber, if any."""
         try:
-            root = _reply_root(payload)
+            root = safe_xml(payload)
         except (etree.XMLSyntaxError, ValueError) as exc:
             self.stats["bad_replies"] += 1
             sub.stats["bad_replies"] += 1

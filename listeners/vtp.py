@@ -17,11 +17,9 @@ are logged and counted in :attr:`VTPListener.stats`, never fatal.
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import logging
 import socket
-import struct
 import threading
 import time
 from collections import Counter
@@ -36,13 +34,12 @@ from listeners.dispatch import parse_notice
 from mmcross.config import Config, notice_options
 from mmcross.errors import ConfigError, MmcrossError, NotAnEventError
 from mmcross.event import Event
+from mmcross.vtp_protocol import LENGTH, frame, safe_xml, transport_message
 
 log = logging.getLogger(__name__)
 
 DEFAULT_IVORN = "ivo://mmcross/vtp-listener"
 DEFAULT_PORT = 8099
-TRANSPORT_NS = "http://telescope-networks.org/schema/Transport/v1.1"
-_LENGTH = struct.Struct("!I")
 
 
 def parse_host_port(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -62,37 +59,6 @@ def parse_host_port(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, i
     if not host or not 0 < port < 65536:
         raise ConfigError(f"VTP server {text!r} is not HOST[:PORT] with 0 < PORT < 65536")
     return host, port
-
-
-def safe_xml(payload: bytes) -> Any:
-    """Parse one VTP packet with lxml, no entities, no DTD, no network; DOCTYPE refused.
-
-    Raises:
-        etree.XMLSyntaxError: malformed XML.
-        ValueError: the document declares a DOCTYPE (entity tricks are refused outright).
-    """
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False,
-                             load_dtd=False, dtd_validation=False, remove_pis=True)
-    root = etree.fromstring(payload, parser=parser)
-    if root.getroottree().docinfo.doctype:
-        raise ValueError("packet declares a DOCTYPE")
-    return root
-
-
-def transport_message(role: str, origin: str, response: str | None = None) -> bytes:
-    """A VTP ``Transport`` packet (UTF-8 XML): ``iamalive``, ``ack`` or ``nak``.
-
-    ``origin`` is the IVORN being answered (the broker's for iamalive, the event's for ack),
-    ``response`` the IVORN of whoever answers.
-    """
-    root = etree.Element(f"{{{TRANSPORT_NS}}}Transport", nsmap={"trn": TRANSPORT_NS},
-                         role=role, version="1.0")
-    etree.SubElement(root, "Origin").text = origin
-    if response:
-        etree.SubElement(root, "Response").text = response
-    etree.SubElement(root, "TimeStamp").text = dt.datetime.now(dt.UTC).strftime(
-        "%Y-%m-%dT%H:%M:%SZ")
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
 @dataclass(frozen=True)
@@ -251,7 +217,7 @@ class VTPListener:
         self._last_rx = time.monotonic()
         try:
             while True:
-                (length,) = _LENGTH.unpack(self._recv_exact(sock, _LENGTH.size, False))
+                (length,) = LENGTH.unpack(self._recv_exact(sock, LENGTH.size, False))
                 if length > self.settings.max_packet_bytes:
                     self.stats["oversized_frames"] += 1
                     log.warning("VTP peer %s announced a %d-byte packet (limit %d): "
@@ -311,7 +277,7 @@ class VTPListener:
             if role == "iamalive":
                 self.stats["iamalive"] += 1
                 origin = root.findtext("Origin") or ""
-                sock.sendall(_frame(transport_message("iamalive", origin,
+                sock.sendall(frame(transport_message("iamalive", origin,
                                                       self.settings.ivorn)))
             else:
                 self.stats["unexpected_transport"] += 1
@@ -323,7 +289,7 @@ class VTPListener:
                         "ivorn (root %s)", peer, root.tag)
             return
         ivorn = root.get("ivorn")
-        sock.sendall(_frame(transport_message("ack", ivorn, self.settings.ivorn)))
+        sock.sendall(frame(transport_message("ack", ivorn, self.settings.ivorn)))
         try:
             event = parse_notice(payload, source=f"vtp://{peer} {ivorn}", **self.options)
         except NotAnEventError as exc:
@@ -343,5 +309,3 @@ class VTPListener:
             log.exception("VTP notice callback failed on %s", event.event_id)
 
 
-def _frame(payload: bytes) -> bytes:
-    return _LENGTH.pack(len(payload)) + payload

@@ -30,9 +30,10 @@ from lxml import etree
 from brokers.voevent_out import counterpart_ivorn
 from brokers.vtp import BroadcasterSettings, SubscriptionFilter, VTPBroadcaster
 from listeners import parse_notice
-from listeners.vtp import VTPListener, VTPListenerSettings, parse_host_port, transport_message
+from listeners.vtp import VTPListener, VTPListenerSettings, parse_host_port
 from mmcross.config import Config, notice_options
 from mmcross.errors import BadNoticeError, ConfigError
+from mmcross.vtp_protocol import transport_message
 from tests.test_reports import make_match
 
 GCN = "gcn/voevent/fink-mm-kafka-2024-01"
