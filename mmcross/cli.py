@@ -1,4 +1,4 @@
-"""The ``mmcross`` command line: replay, simulate, demo, events, matches.
+"""The ``mmcross`` command line: replay, simulate, demo, listen, events, matches.
 
 Only this module prints; everything else logs.
 """
@@ -161,6 +161,46 @@ def cmd_matches(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- listen ------------------------------------------------------------------------------
+
+def _listen_overrides(args: argparse.Namespace) -> dict:
+    """The ``[kafka]``/``[store]`` config keys given on the command line."""
+    kafka: dict = {}
+    if args.bootstrap_servers:
+        kafka["bootstrap_servers"] = args.bootstrap_servers
+    if args.alert_topic:
+        kafka["alert_topics"] = list(args.alert_topic)
+    for key in ("report_topic", "voevent_topic", "dead_letter_topic", "group_id"):
+        if getattr(args, key) is not None:
+            kafka[key] = getattr(args, key)
+    if args.notice_topic:
+        kafka["gcn"] = {"topics": list(args.notice_topic)}
+    out: dict = {"kafka": kafka} if kafka else {}
+    if args.db:
+        out["store"] = {"url": args.db}
+    return out
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    import signal
+
+    from mmcross.service import ListenService
+
+    config = Config.load(args.config, overrides=_listen_overrides(args))
+    service = ListenService(config, _open_store(config.get("store.url")),
+                            kafka_overrides={"bootstrap.servers": args.bootstrap_servers})
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping after the current batch", signum)
+        service.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stats = service.run()
+    print(f"stopped: {stats.notices} notices, {stats.alerts} alerts, {stats.reports} reports")
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,6 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=20_000, help="number of simulated alerts")
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("listen", help="live service: GCN notices + alert stream from Kafka")
+    p.add_argument("--config", help="TOML file merged over config/default.toml")
+    p.add_argument("--bootstrap-servers", metavar="HOST:PORT",
+                   help="Kafka broker(s) of the alerts and reports (wins over KAFKA_*)")
+    p.add_argument("--alert-topic", action="append", metavar="TOPIC",
+                   help="alert topic, wire-format Avro (repeatable)")
+    p.add_argument("--report-topic", metavar="TOPIC", help="match report topic (Avro)")
+    p.add_argument("--voevent-topic", metavar="TOPIC",
+                   help="counterpart VOEvent topic ('' for none)")
+    p.add_argument("--dead-letter-topic", metavar="TOPIC", help="topic of refused messages")
+    p.add_argument("--notice-topic", action="append", metavar="TOPIC",
+                   help="GCN notice topic, e.g. igwn.gwalert (repeatable; replaces the list)")
+    p.add_argument("--group-id", help="alert consumer group shared by the listen processes")
+    p.add_argument("--db", help="SQLAlchemy URL of the store (default: store.url)")
+    p.set_defaults(func=cmd_listen)
 
     for name, func, text in (("events", cmd_events, "list stored events"),
                              ("matches", cmd_matches, "list stored matches")):

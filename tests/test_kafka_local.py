@@ -77,14 +77,19 @@ def _commit_exact(consumer: Consumer, messages: list) -> dict[int, int]:
     return next_offsets
 
 
-def _group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    from confluent_kafka import ConsumerGroupTopicPartitions
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])
-    result = futures[group].result(timeout=30)
-    return {tp.partition: tp.offset for tp in result.topic_partitions
-            if tp.topic == topic and tp.offset >= 0}
+def _group_offsets(bootstrap: str, group: str, topic: str, partitions: int = 3
+                   ) -> dict[int, int]:
+    """Committed offsets fetched from the group coordinator by a consumer that never
+    subscribes (AdminClient.list_consumer_group_offsets can crash librdkafka 2.16 while the
+    coordinator is still loading, so it is not used here)."""
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                       "enable.auto.commit": False})
+    try:
+        committed = reader.committed([TopicPartition(topic, p) for p in range(partitions)],
+                                     timeout=30)
+    finally:
+        reader.close()
+    return {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
 
 
 def _values(messages: list) -> list[int]:
