@@ -1,0 +1,475 @@
+#!/usr/bin/env python
+"""Benchmark: ``mmcross replay`` as a whole process against the pipeline a user would write.
+
+Both sides read the same wire stream of simulated Rubin alerts (latest lsst-alert-packet
+schema, ``--n-previous`` previous sources and three ``--cutout-bytes`` cutouts per packet,
+about 66 KB a packet by default) and the same real notices, and must find the same
+(event, alert) match set:
+
+* **mmcross**: ``mmcross replay --notices ... --alerts STREAM --out DIR`` as a subprocess;
+  wall clock from spawn to exit (Python start, imports, numba cache load, notice parsing and
+  circle rasterisation, prefix decoding, matching, SQLite and report writes). Its own
+  in-process alerts/s is read from the summary line it prints.
+* **peer**: this script with ``--peer`` as a subprocess: reads the same stream, decodes every
+  packet fully with ``fastavro.schemaless_reader`` and the writer schema that
+  lsst-alert-packet registers under the packet's schema id (parsed once), and per batch of
+  ``--chunk`` alerts runs, for each live event, the per-event recipe of ligo.skymap's
+  ``crossmatch`` (``bench_matcher.ligo_loop``: sort by density, cumsum, ``ang2pix`` at order
+  29, ``searchsorted``, credible-level cut, time window). The peer is handed the events'
+  localizations already built (an ``.npz`` written by this script), so notice parsing is
+  charged to mmcross only.
+
+Notices: S230518h (LVK initial notice with its multi-order map) plus two real GRB VOEvents of
+2024-01-12 (Fermi GBM ground position, a 16.6 deg 90% Fisher circle once systematics are
+added; Swift BAT, 0.05 deg), whose dates are moved back by :data:`DAY_SHIFT` days (dates only,
+same time of day) so that all three events are live during the simulated night, which
+starts at the GW trigger. Counterparts are injected inside each localization.
+
+The alert stream is generated once and cached in ``--workdir``. The main row uses the default
+configuration; a variant row (``--variant-tolerance``, 0 to skip) runs both sides with a
+looser ``localization.credible_level_tolerance`` for the rasterised circles.
+
+Usage: python scripts/bench_replay.py [--n 40000] [--workdir /tmp/mmcross-bench-replay]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SHARED = Path(os.environ.get("MMCROSS_SHARED_DATA", REPO.parent / "shared" / "data"))
+GW_NOTICE = "gcn/json/fink-mm/S230518h-initial.json"
+GRB_NOTICES = ("gcn/voevent/fink-mm-kafka-2024-01/Fermi_GBM_Gnd_Pos_726773850-268.xml",
+               "gcn/voevent/fink-mm-kafka-2024-01/Swift_BAT_GRB_Pos_1208389-262.xml")
+#: Days the GRB notices are moved back: 2024-01-12 17:37 UTC -> 2023-05-18 17:37 UTC, 0.19 d
+#: after the S230518h trigger (no leap second in between, so only dates change).
+DAY_SHIFT = 239
+WIRE_STREAM_MAGIC = b"MMCROSS-WIRE-STREAM-1\n"  # brokers.alert_files.WIRE_STREAM_MAGIC
+PEER_RATE_SPEC = 580.0  # alerts/s the issue quotes for the peer on these machines
+VISIT_RATE_NEEDED = 40_000 / 60.0  # a 40k-alert visit within 60 s
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+def shift_voevent_dates(text: str, days: int) -> str:
+    """A VOEvent with ``Who/Date``, every ``ISOTime`` and the ``*_TJD`` params moved by
+    ``days`` whole days (times of day unchanged)."""
+    from datetime import datetime, timedelta
+
+    def iso(m: re.Match) -> str:
+        stamp = m.group(2)
+        day = datetime.strptime(stamp[:10], "%Y-%m-%d") + timedelta(days=days)
+        return f"{m.group(1)}{day:%Y-%m-%d}{stamp[10:]}{m.group(3)}"
+
+    text = re.sub(r"(<(?:ISOTime|Date)>\s*)(\d{4}-\d\d-\d\d[^<]*)(</)", iso, text)
+    return re.sub(r'(<Param name="\w*_TJD" value=")(\d+)(")',
+                  lambda m: f"{m.group(1)}{int(m.group(2)) + days}{m.group(3)}", text)
+
+
+def prepare_notices(workdir: Path) -> list[Path]:
+    """The GW notice (as is) and the GRB notices with shifted dates, in ``workdir``."""
+    out = workdir / "notices"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [SHARED / GW_NOTICE]
+    for rel in GRB_NOTICES:
+        src = SHARED / rel
+        dst = out / f"shifted-{src.name}"
+        dst.write_text(shift_voevent_dates(src.read_text(), -DAY_SHIFT))
+        paths.append(dst)
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise SystemExit(f"missing notice files: {missing} (set MMCROSS_SHARED_DATA)")
+    return paths
+
+
+def build_events(paths: list[Path], config) -> tuple[list, list[float]]:
+    """Parse the notices as ``mmcross replay`` does; returns (events, seconds per notice)."""
+    from listeners import read_notice_file
+    from mmcross.config import notice_options
+
+    options = notice_options(config)
+    events, seconds = [], []
+    for p in paths:
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            events.append(read_notice_file(p, **options))
+        seconds.append(time.perf_counter() - t)
+    return events, seconds
+
+
+def save_events(path: Path, events, config) -> None:
+    """What the peer gets: per event its id, multi-order map and time window (MJD TAI)."""
+    arrays = {"ids": np.array([e.event_id for e in events]),
+              "level": np.array(config.credible_level)}
+    tmin, tmax = [], []
+    for k, e in enumerate(events):
+        w = config.time_window(e.kind)
+        tmin.append(e.trigger_mjd_tai + w.before)
+        tmax.append(e.trigger_mjd_tai + w.after)
+        arrays[f"uniq_{k}"] = e.localization.uniq
+        arrays[f"dens_{k}"] = e.localization.probdensity
+    np.savez(path, tmin=np.array(tmin), tmax=np.array(tmax), **arrays)
+
+
+@dataclass
+class Stream:
+    path: Path
+    n: int
+    nbytes: int
+    schema_id: int
+    truth: Path
+
+
+def generate(workdir: Path, events, args: argparse.Namespace) -> Stream:
+    """The cached wire stream of ``args.n`` background alerts plus injected counterparts."""
+    from brokers.rubin_schemas import latest_schema_id
+    from mmcross.simulate import simulate_night
+
+    schema_id = latest_schema_id()
+    key = (f"n{args.n}-s{args.seed}-inj{args.inject}-v{args.alerts_per_visit}"
+           f"-p{args.n_previous}-c{args.cutout_bytes}-schema{schema_id}")
+    path, truth = workdir / f"alerts-{key}.wires", workdir / f"truth-{key}.npz"
+    if not (path.exists() and truth.exists()):
+        gw = events[0]
+        start = gw.trigger_mjd_tai - 0.005
+        inject = [(e.localization, args.inject, e.trigger_mjd_tai, e.trigger_mjd_tai + 0.2)
+                  for e in events]
+        night = simulate_night(args.n, start_mjd_tai=start, duration_days=0.4,
+                               rng=np.random.default_rng(args.seed), inject=inject,
+                               alerts_per_visit=args.alerts_per_visit,
+                               n_previous=args.n_previous, cutout_bytes=args.cutout_bytes)
+        t = time.perf_counter()
+        tmp = path.with_suffix(".tmp")
+        night.write_wire_stream(tmp)
+        tmp.rename(path)
+        np.savez(truth, alert_id=night.alert_id, ra=night.ra, dec=night.dec,
+                 mjd_tai=night.mjd_tai,
+                 injected=np.concatenate(night.injected) if night.injected else [])
+        print(f"<!-- generated {len(night)} packets in {time.perf_counter() - t:.0f} s: "
+              f"{path} -->", flush=True)
+    n = len(np.load(truth)["alert_id"])
+    return Stream(path, n, path.stat().st_size, schema_id, truth)
+
+
+# -- the peer: what a user would write ---------------------------------------------------------
+
+def peer(stream: Path, events_npz: Path, chunk: int, out: Path) -> None:
+    """Full fastavro decode of every packet + the ligo.skymap per-event recipe per batch.
+
+    Writes ``out`` (JSON): the (event id, alert id) pairs and in-process timings (s).
+    """
+    t_start = time.perf_counter()
+    import fastavro
+    from lsst.alert.packet import SchemaRegistry
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from bench_matcher import ligo_loop
+
+    data = np.load(events_npz)
+    ids = data["ids"]
+    tmin, tmax, level = data["tmin"], data["tmax"], float(data["level"])
+    events = [SimpleNamespace(localization=SimpleNamespace(uniq=data[f"uniq_{k}"],
+                                                           probdensity=data[f"dens_{k}"]))
+              for k in range(len(ids))]
+    registry = SchemaRegistry.all_schemas_from_filesystem()
+    writers: dict[int, dict] = {}
+    pairs: list[tuple[str, int]] = []
+    rows: list[tuple[int, float, float, float]] = []
+    t_ready = time.perf_counter()
+    t_match = 0.0
+
+    def flush() -> None:
+        nonlocal t_match
+        t = time.perf_counter()
+        alert_id = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        cols = np.array([r[1:] for r in rows], np.float64)
+        alerts = SimpleNamespace(ra=cols[:, 0], dec=cols[:, 1], mjd_tai=cols[:, 2])
+        live = np.flatnonzero((tmin <= cols[:, 2].max()) & (tmax >= cols[:, 2].min()))
+        if len(live):
+            a, e, _, _ = ligo_loop([events[k] for k in live],
+                                   [(tmin[k], tmax[k]) for k in live], alerts, level)
+            pairs.extend(zip(ids[live[e]].tolist(), alert_id[a].tolist(), strict=True))
+        rows.clear()
+        t_match += time.perf_counter() - t
+
+    n = 0
+    with open(stream, "rb") as f:
+        if f.read(len(WIRE_STREAM_MAGIC)) != WIRE_STREAM_MAGIC:
+            raise SystemExit(f"{stream}: not a wire stream")
+        while head := f.read(4):
+            message = f.read(int.from_bytes(head, "big"))
+            schema_id = int.from_bytes(message[1:5], "big")
+            writer = writers.get(schema_id)
+            if writer is None:
+                writer = writers[schema_id] = fastavro.parse_schema(
+                    registry.get_by_id(schema_id).definition)
+            record = fastavro.schemaless_reader(io.BytesIO(message[5:]), writer, None)
+            ds = record["diaSource"]
+            rows.append((ds["diaSourceId"], ds["ra"], ds["dec"], ds["midpointMjdTai"]))
+            n += 1
+            if len(rows) >= chunk:
+                flush()
+    if rows:
+        flush()
+    t_end = time.perf_counter()
+    out.write_text(json.dumps({"pairs": pairs, "alerts": n, "startup": t_ready - t_start,
+                               "loop": t_end - t_ready, "match": t_match}))
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+SUMMARY_RE = re.compile(r"alerts: (\d+) \((\d+) unreadable\), ([\d,.]+) alerts/s over "
+                        r"([\d.]+) s")
+
+
+def mmcross_command(notices: list[Path], stream: Path, out: Path, chunk: int,
+                    config: Path | None) -> list[str]:
+    exe = shutil.which("mmcross")
+    cmd = [exe] if exe else [sys.executable, "-m", "mmcross.cli"]
+    cmd += ["replay", "--notices", *map(str, notices), "--alerts", str(stream),
+            "--out", str(out), "--chunk", str(chunk)]
+    return cmd + (["--config", str(config)] if config else [])
+
+
+def run_mmcross(cmd: list[str], out: Path) -> dict:
+    """One timed replay in a fresh output folder; its summary and live match set."""
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        raise SystemExit(f"mmcross replay failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    m = SUMMARY_RE.search(proc.stdout)
+    if m is None:
+        raise SystemExit(f"no summary line in mmcross output:\n{proc.stdout}")
+    stamps = {}
+    for key, pattern in (("restored", r"INFO mmcross\.engine: restored "),
+                         ("parsed", r"INFO mmcross\.replay: replay: \d+ notices parsed")):
+        found = re.search(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) " + pattern,
+                          proc.stderr, re.M)
+        if found:
+            stamps[key] = datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f")
+    notices_s = ((stamps["parsed"] - stamps["restored"]).total_seconds()
+                 if len(stamps) == 2 else float("nan"))
+    live: set[tuple[str, int]] = set()
+    for line in (out / "matches.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        key = (rec["event_id"], int(rec["alert_id"]))
+        (live.discard if rec["retracted"] else live.add)(key)
+    return {"wall": wall, "alerts": int(m.group(1)), "unreadable": int(m.group(2)),
+            "rate": float(m.group(3).replace(",", "")), "seconds": float(m.group(4)),
+            "notices_s": notices_s, "matches": live}
+
+
+def peer_command(stream: Path, events_npz: Path, chunk: int, out: Path) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--peer", "--stream", str(stream),
+            "--events-npz", str(events_npz), "--chunk", str(chunk), "--peer-out", str(out)]
+
+
+def run_peer(cmd: list[str], out: Path) -> dict:
+    out.unlink(missing_ok=True)
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        raise SystemExit(f"peer failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    res = json.loads(out.read_text())
+    res["wall"] = wall
+    res["matches"] = {(e, int(a)) for e, a in res.pop("pairs")}
+    return res
+
+
+def check_truth(stream: Stream, events, config, matches: set) -> tuple[int, int]:
+    """(injected counterparts inside the credible region and time window, of which found)."""
+    truth = np.load(stream.truth)
+    inj = np.isin(truth["alert_id"], truth["injected"])
+    expected = set()
+    for e in events:
+        w = config.time_window(e.kind)
+        t = truth["mjd_tai"][inj]
+        cl = e.localization.credible_level_at(truth["ra"][inj], truth["dec"][inj])
+        ok = (cl <= config.credible_level) & (t >= e.trigger_mjd_tai + w.before) & (
+            t <= e.trigger_mjd_tai + w.after)
+        expected |= {(e.event_id, int(a)) for a in truth["alert_id"][inj][ok]}
+    return len(expected), len(expected & matches)
+
+
+def bench_row(label: str, config_path: Path | None, notices: list[Path], stream: Stream,
+              args: argparse.Namespace, workdir: Path) -> dict:
+    from mmcross.config import Config
+
+    config = Config.load(config_path)
+    events, build = build_events(notices, config)  # warm-up (numba) ...
+    events, build = build_events(notices, config)  # ... then timed
+    slug = re.sub(r"[^\w.]+", "-", label)
+    events_npz = workdir / f"events-{slug}.npz"
+    save_events(events_npz, events, config)
+    mm_cmd = mmcross_command(notices, stream.path, workdir / f"out-{slug}", args.chunk,
+                             config_path)
+    peer_out = workdir / f"peer-{slug}.json"
+    p_cmd = peer_command(stream.path, events_npz, args.chunk, peer_out)
+    runs = [run_mmcross(mm_cmd, workdir / f"out-{slug}") for _ in range(args.repeat + 1)]
+    print(f"<!-- {label}: mmcross wall s per run (first = warm-up, not counted): "
+          + ", ".join(f"{r['wall']:.2f}" for r in runs) + " -->", flush=True)
+    peer_res = run_peer(p_cmd, peer_out)
+    ours = runs[1:] if len(runs) > 1 else runs
+    for r in ours:
+        if r["matches"] != peer_res["matches"]:
+            only_m = sorted(r["matches"] - peer_res["matches"])[:5]
+            only_p = sorted(peer_res["matches"] - r["matches"])[:5]
+            raise AssertionError(f"{label}: match sets differ: mmcross {len(r['matches'])}, "
+                                 f"peer {len(peer_res['matches'])}; only mmcross {only_m}, "
+                                 f"only peer {only_p}")
+        if r["alerts"] != stream.n or r["unreadable"]:
+            raise AssertionError(f"{label}: mmcross read {r['alerts']} alerts "
+                                 f"({r['unreadable']} unreadable) of {stream.n}")
+    if peer_res["alerts"] != stream.n:
+        raise AssertionError(f"{label}: peer read {peer_res['alerts']} of {stream.n}")
+    expected, found = check_truth(stream, events, config, peer_res["matches"])
+    if found != expected:
+        raise AssertionError(f"{label}: {found} of {expected} injected counterparts found")
+    wall = statistics.median(r["wall"] for r in ours)
+    return {
+        "label": label, "level": config.credible_level,
+        "tolerance": config.get("localization.credible_level_tolerance"),
+        "pixels": [len(e.localization.uniq) for e in events], "build": build,
+        "matches": len(peer_res["matches"]), "injected": (expected, found),
+        "mm_wall": wall, "mm_rate_inproc": statistics.median(r["rate"] for r in ours),
+        "mm_seconds": statistics.median(r["seconds"] for r in ours),
+        "mm_notices": statistics.median(r["notices_s"] for r in ours),
+        "peer": peer_res, "mm_cmd": mm_cmd, "peer_cmd": p_cmd,
+    }
+
+
+# -- report ------------------------------------------------------------------------------------
+
+def machine_facts() -> str:
+    cpu = "?"
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(line.split(":", 1)[1].strip() for line in
+                   Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    import fastavro
+    import healpy
+    import numba
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
+    return (f"nproc {usable} ({os.cpu_count()} CPUs, {cpu}), Python {platform.python_version()}, "
+            f"numpy {np.__version__}, fastavro {fastavro.__version__}, healpy "
+            f"{healpy.__version__}, numba {numba.__version__}; load average "
+            + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+
+
+def report(rows: list[dict], stream: Stream, args: argparse.Namespace, notices: list[Path],
+           gen_cmd: str) -> None:
+    from brokers.rubin_schemas import get_schema
+
+    n = stream.n
+    kb = (stream.nbytes - len(WIRE_STREAM_MAGIC) - 4 * n) / n / 1e3
+    print(f"\n{n} alerts ({args.n} background + {n - args.n} injected), Rubin schema "
+          f"v{get_schema(stream.schema_id).version}, {kb:.1f} KB a packet ({args.n_previous} "
+          f"previous sources, 3 cutouts of {args.cutout_bytes / 1e3:.0f} KB), "
+          f"{stream.nbytes / 1e9:.2f} GB stream; batches of {args.chunk}; "
+          f"median of {max(1, args.repeat)} mmcross runs, 1 peer run\n")
+    print("| config | circle tolerance | pixels (GW, GBM, BAT) | matches | mmcross wall s "
+          "| mmcross alerts/s (wall) | mmcross alerts/s (in-process) | peer wall s "
+          "| peer alerts/s (wall) | peer alerts/s (in-process loop) | ratio (wall) |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        p = r["peer"]
+        mm, pr = n / r["mm_wall"], n / p["wall"]
+        print(f"| {r['label']} | {r['tolerance']:g} | {', '.join(map(str, r['pixels']))} "
+              f"| {r['matches']} | {r['mm_wall']:.1f} | {mm:,.0f} | {r['mm_rate_inproc']:,.0f} "
+              f"| {p['wall']:.1f} | {pr:,.0f} | {n / p['loop']:,.0f} | **{mm / pr:.1f}x** |")
+    print()
+    for r in rows:
+        p = r["peer"]
+        alerts_s = r["mm_seconds"] - r["mm_notices"]
+        print(f"- {r['label']}: mmcross replay in-process {r['mm_seconds']:.1f} s of "
+              f"{r['mm_wall']:.1f} s wall, of which notice parsing {r['mm_notices']:.1f} s "
+              f"(from its log), so {alerts_s:.1f} s for the alerts ({n / alerts_s:,.0f} "
+              "alerts/s); the notices parsed in this process: "
+              + ", ".join(f"{s:.2f} s" for s in r["build"])
+              + " (GW, Fermi GBM circle, Swift BAT circle). "
+              f"Peer: start-up {p['startup']:.1f} s, decode+match loop {p['loop']:.1f} s of "
+              f"which the ligo recipe {p['match']:.1f} s. Injected counterparts inside the "
+              f"{r['level']:.0%} regions and windows: {r['injected'][0]}, found by both: "
+              f"{r['injected'][1]}.")
+    print(f"- spec: peer ~{PEER_RATE_SPEC:.0f} alerts/s; a 40k-alert visit in 60 s needs "
+          f"{VISIT_RATE_NEEDED:.0f}/s; target >= 20x the peer.")
+    print(f"- machine: {machine_facts()}")
+    print("\nReproduce:\n")
+    print(f"    {gen_cmd}")
+    for r in rows:
+        print(f"    {shlex.join(r['mm_cmd'])}")
+        print(f"    {shlex.join(r['peer_cmd'])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=40_000, help="background alerts")
+    parser.add_argument("--inject", type=int, default=20, help="counterparts per notice")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--alerts-per-visit", type=int, default=2_000)
+    parser.add_argument("--n-previous", type=int, default=30)
+    parser.add_argument("--cutout-bytes", type=int, default=20_000)
+    parser.add_argument("--chunk", type=int, default=20_000, help="alerts per batch (both)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="timed mmcross runs after one warm-up run (0: the warm-up only)")
+    parser.add_argument("--variant-tolerance", type=float, default=0.03,
+                        help="credible_level_tolerance of the variant row (0: no variant)")
+    parser.add_argument("--workdir", default=os.path.join(
+        os.environ.get("TMPDIR", "/tmp"), "mmcross-bench-replay"))
+    parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--stream", help=argparse.SUPPRESS)
+    parser.add_argument("--events-npz", help=argparse.SUPPRESS)
+    parser.add_argument("--peer-out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.peer:
+        peer(Path(args.stream), Path(args.events_npz), args.chunk, Path(args.peer_out))
+        return 0
+
+    from mmcross.config import Config
+
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    notices = prepare_notices(workdir)
+    events, _ = build_events(notices, Config.load())
+    stream = generate(workdir, events, args)
+    rows = [bench_row("default", None, notices, stream, args, workdir)]
+    if args.variant_tolerance > 0:
+        toml = workdir / f"tolerance-{args.variant_tolerance:g}.toml"
+        toml.write_text(f"[localization]\ncredible_level_tolerance = "
+                        f"{args.variant_tolerance!r}\n")
+        rows.append(bench_row(f"tolerance {args.variant_tolerance:g}", toml, notices, stream,
+                              args, workdir))
+    gen_cmd = shlex.join([sys.executable, "scripts/bench_replay.py", *(
+        argv if argv is not None else sys.argv[1:])])
+    report(rows, stream, args, notices, gen_cmd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
