@@ -128,7 +128,7 @@ def decode_rubin_body(body: bytes | memoryview, schema: RubinSchema, source: str
     """Decode the prefix of one schemaless Rubin alert body (see the module docstring)."""
     bio = io.BytesIO(body)
     try:
-        head = fastavro.schemaless_reader(bio, schema.prefix, None)
+        head = fastavro.schemaless_reader(bio, schema.prefix, schema.prefix_reader)
     except Exception as exc:  # fastavro raises EOFError, IndexError, UnicodeError, ...
         raise BadAlertError(
             f"{source}: cannot decode Rubin alert (schema v{schema.version}) prefix: {exc!r}"

@@ -37,6 +37,9 @@ class RubinSchema:
         version: ``"major.minor"``.
         definition: the full alert schema (parsed by fastavro), to encode or fully decode.
         prefix: writer schema of the alert record cut after ``diaSource`` (parsed).
+        prefix_reader: reader schema of that prefix keeping only the ``diaSource`` fields
+            matching needs (ids, position, time): fastavro skips the others without building
+            them, about 3x faster than materialising the whole ``diaSource``.
         prefix_fields: names of the top-level fields in ``prefix``.
         ra_field, dec_field: ``diaSource`` position fields, degrees ICRS (``dec`` or, before
             v5, ``decl``).
@@ -49,6 +52,7 @@ class RubinSchema:
     version: str
     definition: dict[str, Any]
     prefix: dict[str, Any]
+    prefix_reader: dict[str, Any]
     prefix_fields: tuple[str, ...]
     ra_field: str
     dec_field: str
@@ -78,16 +82,24 @@ def _build(schema_id: int, version: str, definition: dict[str, Any]) -> RubinSch
     cut = top.index("diaSource") + 1
     prefix_def = _strip(copy.deepcopy(definition))
     prefix_def["fields"] = prefix_def["fields"][:cut]
-    ds_fields = {f["name"] for f in prefix_def["fields"][cut - 1]["type"]["fields"]}
+    ds_type = prefix_def["fields"][cut - 1]["type"]
+    ds_fields = {f["name"] for f in ds_type["fields"]}
+    dec_field = "dec" if "dec" in ds_fields else "decl"
+    time_field = "midpointMjdTai" if "midpointMjdTai" in ds_fields else "midPointTai"
+    needed = {"diaSourceId", "ra", dec_field, time_field, "diaObjectId", "ssObjectId"}
+    reader_def = {k: v for k, v in prefix_def.items() if k != "fields"}
+    reader_def["fields"] = [{**prefix_def["fields"][cut - 1], "type": {
+        **ds_type, "fields": [f for f in ds_type["fields"] if f["name"] in needed]}}]
     return RubinSchema(
         schema_id=schema_id,
         version=version,
         definition=fastavro.parse_schema(_strip(definition)),
         prefix=fastavro.parse_schema(prefix_def),
+        prefix_reader=fastavro.parse_schema(reader_def),
         prefix_fields=tuple(top[:cut]),
         ra_field="ra",
-        dec_field="dec" if "dec" in ds_fields else "decl",
-        time_field="midpointMjdTai" if "midpointMjdTai" in ds_fields else "midPointTai",
+        dec_field=dec_field,
+        time_field=time_field,
         top_fields=tuple(top),
     )
 
