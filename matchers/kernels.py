@@ -56,10 +56,10 @@ def cell_pairs(start: np.ndarray, end: np.ndarray,
 def match_kernel(ipix: np.ndarray, mjd: np.ndarray, shift: int,
                  cell_ptr: np.ndarray, pair_event: np.ndarray, pair_lo: np.ndarray,
                  pair_hi: np.ndarray, tmin: np.ndarray, tmax: np.ndarray,
-                 active: np.ndarray, ranges: np.ndarray, values: np.ndarray,
+                 active: np.ndarray, ranges: np.ndarray,
                  capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All (alert, event) pairs where the alert lies in a packed pixel of the event and
-    inside the event's time window, with that pixel's values.
+    inside the event's time window, with the number of that pixel.
 
     Args:
         ipix: int64 order-29 NESTED index of each alert (sorting the alerts by it first
@@ -74,19 +74,15 @@ def match_kernel(ipix: np.ndarray, mjd: np.ndarray, shift: int,
         active: bool per event; inactive events are skipped.
         ranges: int64 ``(npix, 2)``, order-29 ``[start, end)`` of every packed pixel (per
             event sorted and disjoint).
-        values: float64 ``(npix, nval)`` per-pixel values to report.
         capacity: initial size of the outputs (they grow by doubling when full).
 
     Returns:
-        ``(alert_index, event_index, found)``: int64 arrays and float64 ``(nval, nmatch)``,
-        in the order of the alerts.
+        ``(alert_index, event_index, pixel_index)``: int64 arrays in the order of the alerts;
+        the caller gathers the per-pixel values with ``pixel_index``.
     """
     n = ipix.shape[0]
-    nval = values.shape[1]
     cap = max(16, capacity)
-    out_a = np.empty(cap, np.int64)
-    out_e = np.empty(cap, np.int64)
-    out_v = np.empty((nval, cap), np.float64)
+    out = np.empty((cap, 3), np.int64)
     m = 0
     for i in range(n):
         x = ipix[i]
@@ -110,21 +106,14 @@ def match_kernel(ipix: np.ndarray, mjd: np.ndarray, shift: int,
                 continue
             if m == cap:
                 cap *= 2
-                grown_a = np.empty(cap, np.int64)
-                grown_e = np.empty(cap, np.int64)
-                grown_v = np.empty((nval, cap), np.float64)
-                grown_a[:m] = out_a[:m]
-                grown_e[:m] = out_e[:m]
-                grown_v[:, :m] = out_v[:, :m]
-                out_a = grown_a
-                out_e = grown_e
-                out_v = grown_v
-            out_a[m] = i
-            out_e[m] = e
-            for k in range(nval):
-                out_v[k, m] = values[j, k]
+                grown = np.empty((cap, 3), np.int64)
+                grown[:m] = out[:m]
+                out = grown
+            out[m, 0] = i
+            out[m, 1] = e
+            out[m, 2] = j
             m += 1
-    return out_a[:m], out_e[:m], out_v[:, :m]
+    return out[:m, 0].copy(), out[:m, 1].copy(), out[:m, 2].copy()
 
 
 @njit(cache=True)

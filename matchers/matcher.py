@@ -190,12 +190,13 @@ class Matcher:
         if len(alerts) and sky.n_events and active.any():
             pix = alert_pixels(alerts.ra, alerts.dec)
             by_pixel = np.argsort(pix, kind="stable")  # locality: neighbours share cells
-            ai, ei, vals = kernels.match_kernel(
+            ai, ei, pj = kernels.match_kernel(
                 pix[by_pixel], alerts.mjd_tai[by_pixel], sky.shift, sky.cell_ptr,
                 sky.pair_event, sky.pair_lo, sky.pair_hi, self._tmin, self._tmax, active,
-                sky.ranges, sky.values, max(len(alerts), self._capacity_hint))
+                sky.ranges, max(len(alerts), self._capacity_hint))
             self._capacity_hint = int(1.25 * len(ai))
             ai = by_pixel[ai]
+            vals = sky.values[pj].T
         else:
             ai = ei = np.empty(0, np.int64)
             vals = np.empty((len(VALUE_COLUMNS), 0))
