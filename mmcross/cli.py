@@ -188,7 +188,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
     config = Config.load(args.config, overrides=_listen_overrides(args))
     service = ListenService(config, _open_store(config.get("store.url")),
-                            kafka_overrides={"bootstrap.servers": args.bootstrap_servers})
+                            kafka_overrides={"bootstrap.servers": args.bootstrap_servers},
+                            metrics_port=args.metrics_port)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping after the current batch", signum)
@@ -198,6 +199,86 @@ def cmd_listen(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     stats = service.run()
     print(f"stopped: {stats.notices} notices, {stats.alerts} alerts, {stats.reports} reports")
+    return 0
+
+
+# -- status ------------------------------------------------------------------------------
+
+_STATUS_METRICS = (
+    ("alerts", "mmcross_alerts_total"), ("alerts_per_second", "mmcross_alerts_per_second"),
+    ("consumer_lag", "mmcross_consumer_lag"), ("matches", "mmcross_matches_total"),
+    ("revocations", "mmcross_revocations_total"),
+    ("reports_delivered", "mmcross_reports_delivered_total"),
+    ("dead_letters", "mmcross_dead_letters_total"), ("live_events", "mmcross_live_events"),
+    ("last_alert_mjd_tai", "mmcross_last_alert_mjd_tai"),
+    ("last_alert_unixtime", "mmcross_last_alert_unixtime"))
+
+
+def status_from_store(store) -> dict:
+    """Live events, matches and the newest alert of the store (MJD TAI)."""
+    from sqlalchemy import func, select
+
+    from catalogs.models import AlertHistoryRow
+
+    events = store.events(include_retracted=True)
+    live = [e for e in events if not e["retracted"]]
+    with store.engine.connect() as conn:
+        t = AlertHistoryRow.__table__
+        n_alerts, last = conn.execute(select(func.count(), func.max(t.c.mjd_tai))).one()
+    return {"events": len(events), "live_events": len(live),
+            "live_event_ids": [e["event_id"] for e in live],
+            "matches": sum(e["matches"] for e in events),
+            "revoked_matches": sum(e["matches_retracted"] for e in events),
+            "alerts_in_history": int(n_alerts or 0),
+            "last_alert_mjd_tai": None if last is None else float(last)}
+
+
+def status_from_metrics(url: str) -> dict:
+    """The headline numbers of a running service's metrics endpoint (sums over labels)."""
+    from mmcross.metrics import scrape
+
+    scraped = scrape(url)
+    out: dict = {"url": url}
+    for key, name in _STATUS_METRICS:
+        if name in scraped:
+            out[key] = sum(scraped[name].values())
+    out["notices"] = {dict(labels).get("outcome", ""): value for labels, value in
+                      scraped.get("mmcross_notices_total", {}).items()}
+    return out
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = Config.load(args.config)
+    report: dict = {"store": status_from_store(
+        _open_store(args.db or config.get("store.url")))}
+    url = args.metrics_url
+    port = int(config.get("metrics.port", -1) or -1)
+    if url is None and port > 0:
+        url = f"http://{config.get('metrics.host', '127.0.0.1')}:{port}/metrics"
+    if url:
+        try:
+            report["service"] = status_from_metrics(url)
+        except MmcrossError as exc:
+            report["service"] = {"url": url, "error": str(exc)}
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    st = report["store"]
+    print(f"store: {st['live_events']} live events ({st['events']} known), "
+          f"{st['matches']} matches ({st['revoked_matches']} revoked), "
+          f"{st['alerts_in_history']} alerts in history, last alert MJD TAI "
+          f"{_fmt(st['last_alert_mjd_tai'])}")
+    if st["live_event_ids"]:
+        print("live events: " + ", ".join(st["live_event_ids"]))
+    svc = report.get("service")
+    if svc is not None:
+        if "error" in svc:
+            print(f"service: not reachable ({svc['error']})")
+        else:
+            print("service: " + ", ".join(f"{k} {_fmt(v)}" for k, v in svc.items()
+                                          if k not in ("url", "notices")))
+            print("notices: " + (", ".join(f"{k} {_fmt(v)}" for k, v in
+                                          sorted(svc["notices"].items())) or "none"))
     return 0
 
 
@@ -255,7 +336,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GCN notice topic, e.g. igwn.gwalert (repeatable; replaces the list)")
     p.add_argument("--group-id", help="alert consumer group shared by the listen processes")
     p.add_argument("--db", help="SQLAlchemy URL of the store (default: store.url)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any free port)")
     p.set_defaults(func=cmd_listen)
+
+    p = sub.add_parser("status", help="state of the live service: store and metrics endpoint")
+    p.add_argument("--db", help="SQLAlchemy URL (default: store.url of the config)")
+    p.add_argument("--config", help="TOML file merged over config/default.toml")
+    p.add_argument("--metrics-url", metavar="URL",
+                   help="metrics endpoint of a running `mmcross listen` (default: from "
+                        "[metrics] port when set)")
+    p.add_argument("--json", action="store_true", help="JSON output")
+    p.set_defaults(func=cmd_status)
 
     for name, func, text in (("events", cmd_events, "list stored events"),
                              ("matches", cmd_matches, "list stored matches")):
@@ -267,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--event", help="only this event id")
             p.add_argument("--all", action="store_true", help="include revoked matches")
         p.set_defaults(func=func)
+
+    from mmcross.cli_observe import add_parsers as add_observer_parsers
+
+    add_observer_parsers(sub)
     return parser
 
 
