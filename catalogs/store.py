@@ -292,6 +292,21 @@ class Store:
             rows = s.scalars(stmt).all()
         return [self._event_from_row(r) for r in rows]
 
+    def load_event(self, event_id: str, *, with_localization: bool = False) -> Event | None:
+        """The latest revision of ``event_id`` (retracted or not), or ``None`` if unknown.
+
+        With ``with_localization``, the latest revision that carries a sky map instead (e.g.
+        the revision before a retraction), or ``None`` if none does.
+        """
+        rev = EventRevisionRow
+        stmt = select(rev).where(rev.event_id == event_id)
+        if with_localization:
+            stmt = stmt.where(rev.localization.is_not(None))
+        stmt = stmt.order_by(rev.revision.desc()).limit(1)
+        with self._transaction(f"loading event {event_id}") as s:
+            row = s.scalars(stmt).first()
+        return None if row is None else self._event_from_row(row)
+
     def _event_from_row(self, row: EventRevisionRow) -> Event:
         localization = None
         if row.localization is not None:

@@ -82,38 +82,20 @@ class SkymapPlot:
 
 
 def load_event(store: Any, event_id: str) -> Event:
-    """The latest revision with a sky map of ``event_id`` from a :class:`catalogs.Store`.
-
-    Live events come from :meth:`~catalogs.Store.load_live_events`. A retracted event is
-    shown as it was just before its retraction: the live events as of its last notice time
-    (MJD TAI) minus one microsecond.
+    """The latest revision with a sky map of ``event_id`` from a :class:`catalogs.Store`
+    (for a retracted event, the last revision before the retraction).
 
     Raises:
-        MmcrossError: the event is unknown to the store, or has no sky map.
+        MmcrossError: the event is unknown to the store, or none of its revisions has a map.
     """
-    for event in store.load_live_events():
-        if event.event_id == event_id:
-            return _with_map(event, store)
-    row = next((r for r in store.events() if r["event_id"] == event_id), None)
-    if row is None:
+    event = store.load_event(event_id, with_localization=True)
+    if event is not None:
+        return event
+    if store.load_event(event_id) is None:
         raise MmcrossError(f"event {event_id!r} is not in the store at {store.url} "
                            "(see `mmcross events`)")
-    if row["retracted"] and row["last_notice_time"]:
-        before = float(Time(row["last_notice_time"], scale="utc").tai.mjd) - 1e-6 / 86400
-        for event in store.load_live_events(now_mjd_tai=before):
-            if event.event_id == event_id:
-                log.info("%s is retracted: drawing revision %d, its last before the "
-                         "retraction", event_id, event.revision)
-                return _with_map(event, store)
     raise MmcrossError(f"event {event_id!r} in the store at {store.url} has no stored sky map "
                        "to draw (retracted before any localization)")
-
-
-def _with_map(event: Event, store: Any) -> Event:
-    if event.localization is None:
-        raise MmcrossError(f"event {event.event_id} revision {event.revision} in the store at "
-                           f"{store.url} has no sky map")
-    return event
 
 
 def plot_stored_event(store: Any, event_id: str, out: str | Path, *,

@@ -404,3 +404,17 @@ def test_match_round_trip_equals_the_dataclass(store):
     store.save_matches([m])
     assert store.matches() == [m]
     assert store.revoke_matches(m.event_id) == [replace(m, retracted=True)]
+
+
+def test_load_event_returns_latest_revision_and_latest_map(store, Localization):
+    """load_event: the newest revision; with_localization: the newest that has a sky map."""
+    loc = make_localization(Localization, 3)
+    store.save_event(make_event("lvk:S1", 1, loc))
+    store.save_event(make_event("lvk:S1", 2, None, notice="2023-05-18T14:00:00",
+                                action=NoticeAction.RETRACT, raw=b"r"))
+    latest = store.load_event("lvk:S1")
+    assert latest.revision == 2 and latest.retracted and latest.localization is None
+    with_map = store.load_event("lvk:S1", with_localization=True)
+    assert with_map.revision == 1
+    np.testing.assert_array_equal(with_map.localization.uniq, loc.uniq)
+    assert store.load_event("nope") is None
