@@ -45,7 +45,7 @@ class NoticeContext:
     source: str = ""
     roles: tuple[str, ...] = ("observation",)
     tolerance: float = 1e-3
-    max_order: int = 18
+    max_order: int | None = None
     max_skymap_bytes: int = 256 * 1024 * 1024
     notice_format: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

@@ -32,7 +32,7 @@ _SCHEMA_PATH = re.compile(r"/gcn/notices/([^?#]+?)(?:\.schema)?\.json")
 
 def parse_notice(payload: bytes, *, topic: str | None = None, source: str = "",
                  roles: tuple[str, ...] | list[str] = ("observation",),
-                 tolerance: float = 1e-3, max_order: int = 18,
+                 tolerance: float = 1e-3, max_order: int | None = None,
                  max_skymap_bytes: int = 256 * 1024 * 1024) -> Event:
     """Parse one GCN notice into an :class:`Event`.
 

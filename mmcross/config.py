@@ -107,6 +107,6 @@ def notice_options(config: Config) -> dict[str, Any]:
     return {
         "roles": tuple(config.get("listeners.roles", ["observation"])),
         "tolerance": float(config.get("localization.credible_level_tolerance", 1e-3)),
-        "max_order": int(config.get("localization.max_order", 18)),
+        "max_order": int(config.get("localization.max_order", 29)),
         "max_skymap_bytes": int(config.get("localization.max_skymap_bytes", 256 << 20)),
     }

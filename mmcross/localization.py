@@ -234,8 +234,10 @@ class Localization:
             i, _, _ = self._greedy()
             d = self.probdensity[i]
             # last index of each run of equal densities in the sorted sequence
-            run_end = np.r_[np.flatnonzero(d[1:] != d[:-1]), len(d) - 1]
-            pos_sorted = run_end[np.searchsorted(run_end, np.arange(len(d)))]
+            n = len(d)
+            is_last = np.r_[d[1:] != d[:-1], True]
+            ends = np.where(is_last, np.arange(n), n)
+            pos_sorted = np.minimum.accumulate(ends[::-1])[::-1]  # O(n), no search
             pos = np.empty(len(d), dtype=np.int64)
             pos[i] = pos_sorted
             self._cache["tie_last"] = pos
@@ -372,13 +374,14 @@ class Localization:
     @classmethod
     def from_circle(cls, ra: float, dec: float, radius: float, containment: float = 0.9, *,
                     model: str = "fisher", tolerance: float = 1e-3,
-                    max_order: int = 18) -> Localization:
+                    max_order: int | None = None) -> Localization:
         """A circular error region centred on (ra, dec), degrees ICRS.
 
         ``radius`` (deg) encloses ``containment`` of the probability. ``model="fisher"`` is a
         von Mises-Fisher distribution on the sphere; ``"gaussian"`` a circular 2-D Gaussian in
         the Lambert azimuthal equal-area plane. Rasterised so that the credible level of any
-        point is right to about ``tolerance``, down to ``max_order``; see :mod:`mmcross.shapes`.
+        point is right to about ``tolerance``, down to ``max_order`` (default ``None``: as deep
+        as the radius needs, at most 29); see :mod:`mmcross.shapes`.
         """
         from mmcross import shapes
 
@@ -388,9 +391,10 @@ class Localization:
     @classmethod
     def from_ellipse(cls, ra: float, dec: float, semi_major: float, semi_minor: float,
                      position_angle: float, containment: float = 0.9, *,
-                     tolerance: float = 1e-3, max_order: int = 18) -> Localization:
+                     tolerance: float = 1e-3, max_order: int | None = None) -> Localization:
         """A 2-D Gaussian whose ``containment`` region is the ellipse with the given semi-axes
-        (deg) and major-axis position angle (deg east of north), centred on (ra, dec) deg ICRS."""
+        (deg) and major-axis position angle (deg east of north), centred on (ra, dec) deg ICRS.
+        ``tolerance`` and ``max_order`` as in :meth:`from_circle`."""
         from mmcross import shapes
 
         return shapes.ellipse(ra, dec, semi_major, semi_minor, position_angle, containment,
@@ -399,11 +403,12 @@ class Localization:
     @classmethod
     def from_box(cls, ra: float, dec: float, ra_plus: float, ra_minus: float,
                  dec_plus: float, dec_minus: float, containment: float = 0.9, *,
-                 tolerance: float = 1e-3, max_order: int = 18) -> Localization:
+                 tolerance: float = 1e-3, max_order: int | None = None) -> Localization:
         """IceCube-style asymmetric errors: a split 2-D Gaussian whose ``containment`` region
         reaches ``ra_plus``/``ra_minus`` (degrees of RA *coordinate*, as IceCube reports them;
         multiplied by cos(dec) to get on-sky extents) east/west and ``dec_plus``/``dec_minus``
-        (deg) north/south of (ra, dec), degrees ICRS."""
+        (deg) north/south of (ra, dec), degrees ICRS. ``tolerance`` and ``max_order`` as in
+        :meth:`from_circle`."""
         from mmcross import shapes
 
         return shapes.box(ra, dec, ra_plus, ra_minus, dec_plus, dec_minus, containment,

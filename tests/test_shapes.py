@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import astropy.units as u
+import healpy as hp
 import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
@@ -20,7 +21,7 @@ from scipy import integrate, optimize
 from mmcross.errors import BadCoordinatesError
 from mmcross.localization import Localization
 
-TOL = 3e-3  # rasterisation tolerance used in these tests (1e-3 builds take seconds)
+TOL = 3e-3  # rasterisation tolerance of most tests (1e-3 builds take ~2 s each)
 RNG = np.random.default_rng(20240115)
 
 
@@ -92,13 +93,66 @@ def test_fisher_and_gaussian_differ_for_large_circles():
 
 
 def test_tiny_circle_concentrated_where_stated():
-    # Swift-BAT-like 3 arcmin circle: resolved at max order 18 to a coarser tolerance
+    # Swift-BAT-like 3 arcmin circle at the default tolerance 1e-3: the depth is chosen from
+    # the radius (beyond the order 18 that cannot resolve it)
     loc = Localization.from_circle(64.7373, 13.3517, 0.05, 0.9)
-    theta = np.array([0.0, 0.025, 0.05, 0.1])
-    ra, dec = offsets(64.7373, 13.3517, theta, np.array([0, 90, 180, 270.0]))
-    np.testing.assert_allclose(loc.credible_level_at(ra, dec), fisher_cl(theta, 0.05, 0.9),
-                               atol=1e-2)
+    assert loc.max_order > 18
+    theta = np.r_[0.0, 0.025, 0.05, 0.1, RNG.uniform(0, 0.12, 3000)]
+    ra, dec = offsets(64.7373, 13.3517, theta, RNG.uniform(0, 360, len(theta)))
+    check_points(loc, ra, dec, fisher_cl(theta, 0.05, 0.9), 1e-3)
     assert loc.area(0.9) == pytest.approx(np.pi * 0.05**2, rel=2e-2)
+
+
+def test_fisher_circle_meets_1e3_at_random_points_and_pixel_corners():
+    ra, dec, radius, c, tol = 201.3, -43.2, 1.0, 0.9, 1e-3
+    loc = Localization.from_circle(ra, dec, radius, c, tolerance=tol)
+    centre = SkyCoord(ra * u.deg, dec * u.deg)
+    # uniform in area out to 2.5 radii, plus a dense core
+    theta = np.degrees(np.sqrt(RNG.uniform(0, 1, 20000))) * math.radians(2.5 * radius)
+    theta = np.r_[theta, RNG.uniform(0, 0.1 * radius, 3000)]
+    ra_p, dec_p = offsets(ra, dec, theta, RNG.uniform(0, 360, len(theta)))
+    check_points(loc, ra_p, dec_p, fisher_cl(theta, radius, c), tol)
+    # adversarial points: just inside the corners of random leaves within 2.5 radii
+    pra, pdec = _pixel_centres(loc.uniq)
+    near = centre.separation(SkyCoord(pra * u.deg, pdec * u.deg)).deg < 2.5 * radius
+    pick = RNG.choice(np.flatnonzero(near), 3000, replace=False)
+    order = np.floor(np.log2(loc.uniq[pick]) / 2).astype(int) - 1
+    ipix = loc.uniq[pick] - 4 * 4**order
+    pts = []
+    for o in np.unique(order):
+        s = order == o
+        corners = np.moveaxis(hp.boundaries(1 << int(o), ipix[s], nest=True), -1, -2)
+        mid = np.asarray(hp.pix2vec(1 << int(o), ipix[s], nest=True)).T[:, None, :]
+        pts.append((0.999 * corners + 0.001 * mid).reshape(-1, 3))
+    vec = np.concatenate(pts)
+    cra, cdec = hp.vec2ang(vec, lonlat=True)
+    sep = centre.separation(SkyCoord(cra * u.deg, cdec * u.deg)).deg
+    check_points(loc, cra, cdec, fisher_cl(sep, radius, c), tol)
+
+
+def test_xrt_circle_resolved_beyond_order_18():
+    # Swift-XRT-like 5.8 arcsec circle: order 18 pixels (0.8 arcsec) are far too coarse
+    ra, dec, radius, tol = 10.0, 80.0, 0.0016, 3e-3
+    loc = Localization.from_circle(ra, dec, radius, 0.9, tolerance=tol)
+    assert loc.max_order > 20
+    theta = radius * np.r_[RNG.uniform(0, 2.5, 3000), 1.0]
+    ra_p, dec_p = offsets(ra, dec, theta, RNG.uniform(0, 360, len(theta)))
+    check_points(loc, ra_p, dec_p, fisher_cl(theta, radius, 0.9), tol)
+    assert loc.area(0.9) == pytest.approx(np.pi * radius**2, rel=1e-2)
+    # an explicit max_order is a hard cap
+    capped = Localization.from_circle(ra, dec, radius, 0.9, tolerance=tol, max_order=16)
+    assert capped.max_order == 16
+
+
+def _pixel_centres(uniq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ra, dec) deg of the centres of NUNIQ pixels, with healpy."""
+    order = np.floor(np.log2(uniq) / 2).astype(int) - 1
+    ipix = uniq - 4 * 4**order
+    ra, dec = np.empty(len(uniq)), np.empty(len(uniq))
+    for o in np.unique(order):
+        s = order == o
+        ra[s], dec[s] = hp.pix2ang(1 << int(o), ipix[s], nest=True, lonlat=True)
+    return ra, dec
 
 
 def test_samples_from_circle_fall_inside_at_the_containment_rate():
@@ -125,6 +179,17 @@ def test_circle_anywhere_on_the_sky(ra, dec, radius, containment):
     assert loc.total_probability == pytest.approx(1, abs=1e-12)
     start, end = loc.ranges29()
     assert start[0] == 0 and end[-1] == 12 * 4**29 and np.all(start[1:] == end[:-1])
+
+
+@pytest.mark.parametrize("dec", [90.0, -90.0, 89.99])
+def test_circle_centred_on_a_pole(dec):
+    # contours are then HEALPix rings of exactly equal density, whose ties move the greedy
+    # credible level by up to their whole range (found by hypothesis above)
+    tol, radius, c = 1e-2, 30.0, 0.5
+    loc = Localization.from_circle(0.0, dec, radius, c, tolerance=tol)
+    theta = radius * np.r_[RNG.uniform(0, 2, 20000), 1.0]
+    ra_p, dec_p = offsets(0.0, dec, theta, RNG.uniform(0, 360, len(theta)))
+    check_points(loc, ra_p, dec_p, fisher_cl(theta, radius, c), tol)
 
 
 # ------------------------------------------------------------------ ellipses and boxes
