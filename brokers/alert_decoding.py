@@ -2,9 +2,11 @@
 
 Rubin packets arrive in the Confluent wire format: byte ``0x00``, the schema id as a 4-byte
 big-endian integer (``major * 100 + minor``), then the schemaless Avro body. Only what
-matching needs is decoded: the body's prefix up to ``diaSource`` (with fastavro and the
-schema's prefix writer schema), then the two varints that follow it, which say whether
-``prvDiaSources`` is null/empty (first detection). The packet bytes are kept whole.
+matching needs is decoded: the body's prefix up to ``diaSource``, then the two varints that
+follow it, which say whether ``prvDiaSources`` is null/empty (first detection). Many packets
+are decoded at once by the numba kernel of :mod:`brokers.avro_skip` (straight from a buffer
+such as a memory-mapped file); a schema that kernel cannot express falls back to fastavro
+with the schema's prefix writer schema. The packet bytes are kept whole.
 
 Rows: ``alert_id`` = ``diaSource.diaSourceId`` (ZTF ``candid``); ``object_id`` =
 ``diaObjectId`` as text, from ``diaSource`` or, when absent there, from ``diaObject`` (ZTF
@@ -23,13 +25,14 @@ import io
 import logging
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import fastavro
 import numpy as np
 from astropy.time import Time
 
+from brokers import avro_skip
 from brokers.rubin_schemas import RubinSchema, get_schema, schema_id_from_name
 from mmcross.alert import AlertBatch
 from mmcross.errors import BadAlertError
@@ -123,9 +126,9 @@ def _object_id_from_diaobject(body: memoryview, schema: RubinSchema, source: str
     return "" if oid is None else str(oid)
 
 
-def decode_rubin_body(body: bytes | memoryview, schema: RubinSchema, source: str,
-                      packet: bytes | None) -> AlertRow:
-    """Decode the prefix of one schemaless Rubin alert body (see the module docstring)."""
+def decode_rubin_body_fastavro(body: bytes | memoryview, schema: RubinSchema, source: str,
+                               packet: bytes | None) -> AlertRow:
+    """Decode the prefix of one schemaless Rubin alert body with fastavro (the slow path)."""
     bio = io.BytesIO(body)
     try:
         head = fastavro.schemaless_reader(bio, schema.prefix, schema.prefix_reader)
@@ -160,12 +163,158 @@ def decode_rubin_body(body: bytes | memoryview, schema: RubinSchema, source: str
     return AlertRow(alert_id, object_id, ra, dec, mjd, is_new, packet, source)
 
 
+#: Bytes of each message :func:`decode_wire_many` copies for the kernel; a message whose
+#: prefix is longer is decoded again whole.
+HEAD_BYTES = 4096
+
+
+def _kernel_error(status: int, pos: int, length: int, schema_id: int, source: str,
+                  wire: bool) -> BadAlertError:
+    """The :class:`BadAlertError` for a kernel status (``pos``: byte in the message)."""
+    if status == avro_skip.TOO_SHORT:
+        return BadAlertError(f"{source}: {length} bytes is too short for a wire-format alert")
+    if status == avro_skip.BAD_MAGIC:
+        return BadAlertError(f"{source}: not a Confluent wire-format Avro message (first byte "
+                             f"{pos:#04x}, expected 0x00)")
+    if status == avro_skip.UNKNOWN_SCHEMA:
+        try:
+            get_schema(schema_id, source=source)
+        except BadAlertError as exc:
+            return exc
+    where = "wire message" if wire else "Avro body"
+    return BadAlertError(
+        f"{source}: cannot decode Rubin alert (schema id {schema_id}) prefix: "
+        f"{avro_skip.STATUS_TEXT.get(status, f'status {status}')} at byte {pos} of the "
+        f"{length}-byte {where}")
+
+
+class _Columns(NamedTuple):
+    """Decoded rows (in message order) and the errors of the others."""
+
+    index: np.ndarray  # int64 message index of each row
+    alert_id: np.ndarray
+    object_id: np.ndarray
+    ra: np.ndarray
+    dec: np.ndarray
+    mjd_tai: np.ndarray
+    is_new: np.ndarray
+    errors: list[tuple[int, BadAlertError]]
+
+
+def _decode_columns(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                    source_of: Callable[[int], str],
+                    message_of: Callable[[int], bytes | memoryview], *,
+                    body_schema_id: int = -1) -> _Columns:
+    """Kernel-decode the messages ``buf[starts[i]:ends[i]]``; slow paths per message.
+
+    ``message_of(i)`` gives message ``i`` whole (wire format, or the body when
+    ``body_schema_id >= 0``); it is used only for fastavro fallbacks and the
+    ``diaObject.diaObjectId`` look-up.
+    """
+    wire = body_schema_id < 0
+    d = avro_skip.decode_messages(buf, starts, ends, body_schema_id=body_schema_id)
+    alert_id, ra, dec, mjd = d.alert_id.copy(), d.ra.copy(), d.dec.copy(), d.mjd_tai.copy()
+    is_new = ~d.has_history & ~d.sso
+    ok = d.status == avro_skip.OK
+    in_range = (ra >= 0.0) & (ra <= 360.0) & (dec >= -90.0) & (dec <= 90.0) & np.isfinite(mjd)
+    good = ok & ~d.id_null & in_range
+    object_id = np.empty(len(ok), dtype=object)
+    plain = good & (d.object_id != 0)
+    object_id[plain] = list(map(str, d.object_id[plain].tolist()))
+    object_id[good & ~plain & d.sso] = ""
+    errors: list[tuple[int, BadAlertError]] = []
+    for i in np.flatnonzero(~plain).tolist():
+        source = source_of(i)
+        try:
+            if d.status[i] == avro_skip.NO_PROGRAM:
+                schema = get_schema(int(body_schema_id if not wire else d.schema_id[i]))
+                message = message_of(i)
+                row = decode_rubin_body_fastavro(memoryview(message)[5 if wire else 0:],
+                                                 schema, source, None)
+                alert_id[i], object_id[i], ra[i], dec[i], mjd[i], is_new[i] = row[:6]
+                good[i] = True
+            elif not ok[i]:
+                raise _kernel_error(int(d.status[i]), int(d.pos[i]), int(ends[i] - starts[i]),
+                                    int(d.schema_id[i]), source, wire)
+            elif not good[i]:
+                _check(None if d.id_null[i] else int(alert_id[i]), float(ra[i]), float(dec[i]),
+                       float(mjd[i]), source)
+                raise BadAlertError(f"{source}: alert has a null diaSourceId")  # not reached
+            elif not d.sso[i]:  # no diaObjectId in diaSource: read it from diaObject
+                schema = get_schema(int(d.schema_id[i]) if wire else body_schema_id)
+                body = memoryview(message_of(i))[5 if wire else 0:]
+                object_id[i] = _object_id_from_diaobject(body, schema, source)
+        except BadAlertError as exc:
+            good[i] = False
+            errors.append((i, exc))
+    index = np.flatnonzero(good)
+    return _Columns(index, alert_id[index], object_id[index], ra[index], dec[index],
+                    mjd[index], is_new[index], errors)
+
+
+def _columns_to_batch(cols: _Columns, source_of: Callable[[int], str],
+                      packet_of: Callable[[int], Any] | None) -> AlertBatch:
+    """Rows of :func:`_decode_columns` -> :class:`AlertBatch` (packets when ``packet_of``)."""
+    index = cols.index.tolist()
+    return AlertBatch(
+        cols.alert_id, cols.object_id, cols.ra, cols.dec, cols.mjd_tai,
+        packets=None if packet_of is None else list(map(packet_of, index)),
+        sources=list(map(source_of, index)),
+        is_new=cols.is_new,
+    )
+
+
+def decode_buffer(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                  source_of: Callable[[int], str], *, keep_packets: bool = True
+                  ) -> tuple[AlertBatch, list[BadAlertError]]:
+    """Decode the wire-format messages ``buf[starts[i]:ends[i]]`` of a uint8 buffer.
+
+    The kept packets are zero-copy ``memoryview`` slices of ``buf`` (which they keep
+    alive); ``source_of(i)`` names message ``i``. Bad messages are left out and returned as
+    errors, in message order.
+    """
+    view = memoryview(buf)
+
+    def message_of(i: int) -> memoryview:
+        return view[starts[i]:ends[i]]
+
+    cols = _decode_columns(buf, starts, ends, source_of, message_of)
+    batch = _columns_to_batch(cols, source_of, None)
+    if keep_packets:
+        idx = cols.index
+        batch.packets = [view[a:b] for a, b in zip(starts[idx].tolist(), ends[idx].tolist(),
+                                                     strict=True)]
+    return batch, [e for _, e in cols.errors]
+
+
+def decode_rubin_body(body: bytes | memoryview, schema: RubinSchema, source: str,
+                      packet: bytes | None) -> AlertRow:
+    """Decode the prefix of one schemaless Rubin alert body (see the module docstring).
+
+    Raises:
+        BadAlertError: undecodable or truncated prefix, bad values (message has ``source``).
+    """
+    arr = np.frombuffer(body, np.uint8)
+    cols = _decode_columns(arr, np.zeros(1, np.int64), np.full(1, len(arr), np.int64),
+                           lambda _: source, lambda _: body, body_schema_id=schema.schema_id)
+    if cols.errors:
+        raise cols.errors[0][1]
+    return AlertRow(int(cols.alert_id[0]), cols.object_id[0], float(cols.ra[0]),
+                    float(cols.dec[0]), float(cols.mjd_tai[0]), bool(cols.is_new[0]), packet,
+                    source)
+
+
 def decode_wire_row(message: bytes, source: str = "", *, keep_packet: bool = True) -> AlertRow:
     """Decode one wire-format Rubin alert to an :class:`AlertRow`."""
     source = source or "alert"
-    schema_id, body = split_wire(message, source)
-    schema = get_schema(schema_id, source=source)
-    return decode_rubin_body(body, schema, source, bytes(message) if keep_packet else None)
+    arr = np.frombuffer(message, np.uint8)
+    cols = _decode_columns(arr, np.zeros(1, np.int64), np.full(1, len(arr), np.int64),
+                           lambda _: source, lambda _: message)
+    if cols.errors:
+        raise cols.errors[0][1]
+    return AlertRow(int(cols.alert_id[0]), cols.object_id[0], float(cols.ra[0]),
+                    float(cols.dec[0]), float(cols.mjd_tai[0]), bool(cols.is_new[0]),
+                    bytes(message) if keep_packet else None, source)
 
 
 def decode_wire(message: bytes, source: str = "") -> AlertBatch:
@@ -183,17 +332,46 @@ def decode_wire_many(messages: Sequence[bytes], sources: Sequence[str] | None = 
     """Decode many wire-format alerts; bad ones are left out and returned as errors.
 
     ``sources[i]`` names message ``i`` (e.g. ``"topic/partition/offset"``); by default
-    ``"message#i"``.
+    ``"message#i"``. The first :data:`HEAD_BYTES` of every message are copied into one buffer
+    for the kernel (the rest, cutouts mostly, is never copied); a message whose prefix runs
+    past that is decoded again whole.
     """
-    rows: list[AlertRow] = []
-    errors: list[BadAlertError] = []
-    for i, message in enumerate(messages):
-        source = sources[i] if sources is not None else f"message#{i}"
-        try:
-            rows.append(decode_wire_row(message, source, keep_packet=keep_packets))
-        except BadAlertError as exc:
-            errors.append(exc)
-    return rows_to_batch(rows, keep_packets=keep_packets), errors
+    n = len(messages)
+    if n == 0:
+        return AlertBatch.empty(), []
+
+    def source_of(i: int) -> str:
+        return sources[i] if sources is not None else f"message#{i}"
+
+    lengths = np.fromiter(map(len, messages), np.int64, n)
+    heads = np.minimum(lengths, HEAD_BYTES)
+    ends = np.cumsum(heads)
+    starts = ends - heads
+    buf = np.frombuffer(b"".join(memoryview(m)[:HEAD_BYTES] for m in messages), np.uint8)
+    cols = _decode_columns(buf, starts, ends, source_of, messages.__getitem__)
+    redo = [i for i, e in cols.errors if lengths[i] > HEAD_BYTES and "truncated" in str(e)]
+    if redo:  # prefix longer than HEAD_BYTES: decode those messages whole
+        full_len = lengths[redo]
+        full_ends = np.cumsum(full_len)
+        full = np.frombuffer(b"".join(messages[i] for i in redo), np.uint8)
+        again = _decode_columns(full, full_ends - full_len, full_ends,
+                                lambda k: source_of(redo[k]), lambda k: messages[redo[k]])
+        cols = _merge(cols, again, np.asarray(redo, np.int64))
+    batch = _columns_to_batch(cols, source_of,
+                              (lambda i: bytes(messages[i])) if keep_packets else None)
+    return batch, [e for _, e in cols.errors]
+
+
+def _merge(first: _Columns, again: _Columns, redo: np.ndarray) -> _Columns:
+    """``first`` with the messages ``redo`` replaced by their results in ``again``."""
+    index = np.concatenate([first.index, redo[again.index]])
+    order = np.argsort(index, kind="stable")
+    cat = [np.concatenate([getattr(first, f), getattr(again, f)])[order]
+           for f in ("alert_id", "object_id", "ra", "dec", "mjd_tai", "is_new")]
+    redone = set(redo.tolist())
+    errors = sorted([(i, e) for i, e in first.errors if i not in redone]
+                    + [(int(redo[k]), e) for k, e in again.errors], key=lambda t: t[0])
+    return _Columns(index[order], *cat, errors)
 
 
 def encode_wire(record: dict[str, Any], schema_id: int) -> bytes:

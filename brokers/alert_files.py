@@ -10,7 +10,11 @@ Three file kinds are recognised by their first bytes:
 * A *wire stream*: :data:`WIRE_STREAM_MAGIC` then, per message, its length as a 4-byte
   big-endian unsigned integer followed by the wire-format message. It is the fast way to
   store many Rubin alerts: finding a record's end in a container file means skipping the
-  whole record, while a wire stream only decodes each packet's prefix.
+  whole record, while a wire stream only decodes each packet's prefix. A wire stream is
+  memory-mapped: frames are found and prefixes decoded by numba kernels
+  (:mod:`brokers.avro_skip`) straight from the mapping, and the kept packets are zero-copy
+  ``memoryview`` slices of it (``bytes(packet)`` gives the bytes). The mapping stays open
+  while any of those packets is referenced and is unmapped when the last one goes.
 
 Directories are expanded to their ``*.avro`` and ``*.wires`` files (recursively, sorted).
 A packet's source is ``"<path>#<index in file>"``.
@@ -20,21 +24,25 @@ from __future__ import annotations
 
 import io
 import logging
+import mmap
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import fastavro
+import numpy as np
 
 from brokers.alert_decoding import (
     AlertRow,
+    decode_buffer,
     decode_rubin_body,
     decode_wire_row,
     rows_to_batch,
     wire_header,
     ztf_rows,
 )
+from brokers.avro_skip import find_frames
 from brokers.rubin_schemas import get_schema, schema_id_from_name
 from mmcross.alert import AlertBatch
 from mmcross.errors import BadAlertError
@@ -176,9 +184,43 @@ def _records(blocks: Any) -> Iterator[dict[str, Any]]:
             yield fastavro.schemaless_reader(bio, blocks.writer_schema, None)
 
 
-def iter_file_rows(path: str | Path, *, keep_packets: bool = True
-                   ) -> Iterator[AlertRow | BadAlertError]:
-    """Each packet of one alert file as a decoded row or the :class:`BadAlertError` it raised.
+def _map_file(f: BinaryIO) -> np.ndarray:
+    """The whole file as a read-only uint8 array: memory-mapped, else read."""
+    try:
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # empty file, pipe, file system without mmap
+        f.seek(0)
+        return np.frombuffer(f.read(), np.uint8)
+    return np.frombuffer(mapping, np.uint8)
+
+
+def _wire_stream_items(f: BinaryIO, path: str, keep_packets: bool, chunk: int
+                       ) -> Iterator[AlertBatch | BadAlertError]:
+    """Batches of at most ``chunk`` alerts (and errors) of a wire stream, memory-mapped."""
+    buf = _map_file(f)
+    frames = find_frames(buf, len(WIRE_STREAM_MAGIC))
+    n = len(frames.starts)
+    for first in range(0, n, chunk):
+        def source_of(i: int, first: int = first) -> str:
+            return f"{path}#{first + i}"
+
+        batch, errors = decode_buffer(buf, frames.starts[first:first + chunk],
+                                      frames.ends[first:first + chunk], source_of,
+                                      keep_packets=keep_packets)
+        yield from errors
+        if len(batch):
+            yield batch
+    if frames.flaw == 1:
+        yield BadAlertError(f"{path}#{n}: wire stream truncated in a length prefix")
+    elif frames.flaw == 2:
+        yield BadAlertError(f"{path}#{n}: wire stream truncated ({frames.got} of "
+                            f"{frames.size} bytes)")
+
+
+def iter_file_items(path: str | Path, *, keep_packets: bool = True, chunk: int = 10_000
+                    ) -> Iterator[AlertRow | AlertBatch | BadAlertError]:
+    """The packets of one alert file as decoded rows or batches (of at most ``chunk``
+    alerts, wire streams), and the :class:`BadAlertError` of each bad packet, in file order.
 
     An unreadable file or a corrupt container block yields one error and ends the file.
     """
@@ -195,15 +237,7 @@ def iter_file_rows(path: str | Path, *, keep_packets: bool = True
                 except Exception as exc:  # fastavro: bad header, sync marker, codec...
                     yield BadAlertError(f"{path}: corrupt Avro container file: {exc!r}")
             elif start.startswith(WIRE_STREAM_MAGIC):
-                f.seek(len(WIRE_STREAM_MAGIC))
-                try:
-                    for i, message in iter_wire_stream(f, path):
-                        try:
-                            yield decode_wire_row(message, f"{path}#{i}", keep_packet=keep_packets)
-                        except BadAlertError as exc:
-                            yield exc
-                except BadAlertError as exc:
-                    yield exc
+                yield from _wire_stream_items(f, path, keep_packets, chunk)
             elif start[:1] == b"\x00":
                 f.seek(0)
                 try:
@@ -217,36 +251,79 @@ def iter_file_rows(path: str | Path, *, keep_packets: bool = True
         yield BadAlertError(f"{path}: cannot read alert file: {exc}")
 
 
+class _Rechunker:
+    """Rows and batches in, batches of exactly ``chunk`` alerts out (the last one shorter)."""
+
+    def __init__(self, chunk: int, keep_packets: bool) -> None:
+        self.chunk = chunk
+        self.keep_packets = keep_packets
+        self.rows: list[AlertRow] = []
+        self.parts: list[AlertBatch] = []
+        self.n = 0
+
+    def _rows_to_part(self) -> None:
+        if self.rows:
+            self.parts.append(rows_to_batch(self.rows, keep_packets=self.keep_packets))
+            self.n += len(self.rows)
+            self.rows = []
+
+    def add(self, item: AlertRow | AlertBatch) -> Iterator[AlertBatch]:
+        """Take one row or batch; yield the batches now complete."""
+        if isinstance(item, AlertBatch):
+            self._rows_to_part()
+            self.parts.append(item)
+            self.n += len(item)
+        else:
+            self.rows.append(item)
+            if self.n + len(self.rows) < self.chunk:
+                return
+            self._rows_to_part()
+        while self.n >= self.chunk:
+            merged = self.parts[0] if len(self.parts) == 1 else AlertBatch.concatenate(self.parts)
+            if len(merged) == self.chunk:
+                self.parts, self.n = [], 0
+                yield merged
+            else:
+                rest = merged.take(np.arange(self.chunk, len(merged)))
+                self.parts, self.n = [rest], len(rest)
+                yield merged.take(np.arange(self.chunk))
+
+    def flush(self) -> Iterator[AlertBatch]:
+        """Yield what is left as one batch."""
+        self._rows_to_part()
+        if self.n:
+            yield self.parts[0] if len(self.parts) == 1 else AlertBatch.concatenate(self.parts)
+        self.parts, self.n = [], 0
+
+
 def iter_alert_batches(paths: Iterable[str | Path] | str | Path, chunk: int = 10_000,
                        on_error: ErrorCallback | None = None, *,
                        keep_packets: bool = True) -> Iterator[AlertBatch]:
-    """Stream the alerts of files/directories as batches of at most ``chunk`` alerts.
+    """Stream the alerts of files/directories as batches of ``chunk`` alerts (the last one
+    may be shorter).
 
     Args:
         paths: alert files or directories (see the module docstring), read in order.
         chunk: largest batch size.
         on_error: called with each :class:`BadAlertError` (bad packet, unreadable file), after
             which reading goes on with the next packet. ``None``: the first error is raised.
-        keep_packets: keep each alert's packet bytes in the batches.
+        keep_packets: keep each alert's packet in the batches (``bytes``, or a zero-copy
+            ``memoryview`` of a memory-mapped wire stream).
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    rows: list[AlertRow] = []
+    out = _Rechunker(chunk, keep_packets)
     for path in expand_paths(paths):
         log.debug("reading alerts from %s", path)
-        for item in iter_file_rows(path, keep_packets=keep_packets):
+        for item in iter_file_items(path, keep_packets=keep_packets, chunk=chunk):
             if isinstance(item, BadAlertError):
                 if on_error is None:
                     raise item
                 log.warning("skipping bad alert: %s", item)
                 on_error(item)
                 continue
-            rows.append(item)
-            if len(rows) >= chunk:
-                yield rows_to_batch(rows, keep_packets=keep_packets)
-                rows = []
-    if rows:
-        yield rows_to_batch(rows, keep_packets=keep_packets)
+            yield from out.add(item)
+    yield from out.flush()
 
 
 def read_alert_file(path: str | Path, *, on_error: ErrorCallback | None = None,
