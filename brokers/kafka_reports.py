@@ -146,6 +146,7 @@ class KafkaReportSink:
         self.name = name or f"kafka:{report_topic}"
         self._unmarked: list[str] = []
         self.sent = 0
+        self.delivered = 0  # match/revocation records acknowledged (VOEvents not counted)
 
     def write(self, matches: Sequence[Match]) -> None:
         """Queue one report (and one VOEvent) per match or revocation."""
@@ -165,6 +166,7 @@ class KafkaReportSink:
             return False
         if self._unmarked and self.store is not None:
             self.store.mark_delivered(self._unmarked, self.name)
+        self.delivered += len(self._unmarked)
         self._unmarked = []
         return True
 

@@ -22,7 +22,8 @@ class AlertBatch:
         object_id: object (str) array, Rubin ``diaObjectId`` as decimal text, ZTF ``objectId``.
         ra, dec: float64 degrees, ICRS.
         mjd_tai: float64, the detection midpoint as MJD in TAI (Rubin ``midpointMjdTai``).
-        packets: the raw packet bytes of each alert, or ``None`` when not kept.
+        packets: each alert's raw packet, bytes-like (``bytes(p)`` gives it; memoryviews of a
+            mapped file keep that mapping alive), or ``None`` when not kept.
         sources: where each alert came from (``"file.avro#3"``, ``"topic/0/1234"``), or ``None``.
         is_new: bool, True when the alert is the first detection of its object (no earlier
             detection in the packet), used to measure the background rate of new transients.
@@ -33,7 +34,7 @@ class AlertBatch:
     ra: np.ndarray
     dec: np.ndarray
     mjd_tai: np.ndarray
-    packets: list[bytes] | None = None
+    packets: list[bytes | memoryview] | None = None
     sources: list[str] | None = None
     is_new: np.ndarray | None = field(default=None)
 

@@ -184,12 +184,17 @@ def _listen_overrides(args: argparse.Namespace) -> dict:
 def cmd_listen(args: argparse.Namespace) -> int:
     import signal
 
-    from mmcross.service import ListenService
+    from brokers.kafka_config import kafka_configured
+    from mmcross.service import EmbeddedService, ListenService
 
     config = Config.load(args.config, overrides=_listen_overrides(args))
-    service = ListenService(config, _open_store(config.get("store.url")),
-                            kafka_overrides={"bootstrap.servers": args.bootstrap_servers},
-                            metrics_port=args.metrics_port)
+    overrides = {"bootstrap.servers": args.bootstrap_servers}
+    if kafka_configured(config, overrides=overrides):
+        service = ListenService(config, _open_store(config.get("store.url")),
+                                kafka_overrides=overrides, metrics_port=args.metrics_port)
+    else:  # embedded defaults: SQLite + a file spool
+        service = EmbeddedService(config, _open_store(config.get("store.url")),
+                                  spool_dir=args.spool, metrics_port=args.metrics_port)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping after the current batch", signum)
@@ -338,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="SQLAlchemy URL of the store (default: store.url)")
     p.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any free port)")
+    p.add_argument("--spool", metavar="DIR",
+                   help="without Kafka: spool directory (files dropped in DIR/in, reports in "
+                        "DIR/out; default [spool] directory)")
     p.set_defaults(func=cmd_listen)
 
     p = sub.add_parser("status", help="state of the live service: store and metrics endpoint")

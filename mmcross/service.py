@@ -36,6 +36,7 @@ from listeners.gcn_kafka import NoticeConsumer, ReceivedNotice
 from mmcross.config import Config, notice_options
 from mmcross.engine import Engine
 from mmcross.errors import ConfigError, NotAnEventError
+from mmcross.metrics import Metrics, MetricsServer, RateMeter
 
 if TYPE_CHECKING:
     from catalogs import Store
@@ -62,6 +63,9 @@ class ServiceSettings:
     backoff_max: float = 30.0
     redeliver_lookback: float = 86400.0
     log_every: float = 30.0
+    prune_interval: float = 3600.0
+    metrics_port: int = -1
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_config(cls, config: Config) -> ServiceSettings:
@@ -81,7 +85,9 @@ class ServiceSettings:
             notice_topics=list((k.get("gcn") or {}).get("topics") or []),
             **{name: type(getattr(cls, name))(s[name]) for name in (
                 "batch_size", "poll_timeout", "ack_timeout", "backoff_min", "backoff_max",
-                "redeliver_lookback", "log_every") if name in s})
+                "redeliver_lookback", "log_every", "prune_interval") if name in s},
+            metrics_port=int((config.get("metrics", {}) or {}).get("port", -1)),
+            metrics_host=str((config.get("metrics", {}) or {}).get("host", "127.0.0.1")))
 
 
 @dataclass
@@ -99,6 +105,57 @@ class ServiceStats:
     started: float = field(default_factory=time.monotonic)
 
 
+def newest_alert_mjd(store: Store) -> float | None:
+    """Time of the newest alert in the store's history, MJD TAI (None when empty)."""
+    from sqlalchemy import func, select
+
+    from catalogs.models import AlertHistoryRow
+
+    with store.engine.connect() as conn:
+        value = conn.execute(select(func.max(AlertHistoryRow.__table__.c.mjd_tai))).scalar()
+    return None if value is None else float(value)
+
+
+def prune_history(store: Store, config: Config, newest_mjd_tai: float | None) -> int:
+    """Delete stored alerts older than the longest matching window before the newest alert.
+
+    The reference is the newest alert seen (MJD TAI), not the wall clock, so that a replayed
+    or simulated stream keeps its history. Returns the number of alerts deleted.
+    """
+    if newest_mjd_tai is None:
+        return 0
+    before = newest_mjd_tai - config.longest_window_days
+    n = store.prune_alert_history(before)
+    if n:
+        log.info("pruned %d stored alerts older than MJD TAI %.5f (%.2f d before the newest)",
+                 n, before, config.longest_window_days)
+    return n
+
+
+def declare_metrics(metrics: Metrics) -> Metrics:
+    """Declare the service's Prometheus metrics (names without the ``mmcross_`` prefix)."""
+    for name, text in (
+            ("alerts_total", "Alerts read and decoded."),
+            ("matches_total", "New matches reported."),
+            ("revocations_total", "Match revocations reported."),
+            ("reports_delivered_total", "Match reports acknowledged by the output."),
+            ("dead_letters_total", "Refused input messages, by error class."),
+            ("notices_total", "GCN notices read, by outcome."),
+            ("transport_errors_total", "Kafka transport errors seen."),
+            ("commits_total", "Input offset commits.")):
+        metrics.counter(name, text)
+    for name, text in (
+            ("alerts_per_second", "Alerts read per second over the last 10 s."),
+            ("consumer_lag", "Alert messages behind the end of the assigned partitions "
+                             "(-1 unknown)."),
+            ("live_events", "Events in the index (matchable)."),
+            ("last_alert_mjd_tai", "Time of the newest alert read, MJD TAI."),
+            ("last_alert_unixtime", "Wall-clock time the last alert was read, s since 1970."),
+            ("start_unixtime", "Wall-clock time the service started, s since 1970.")):
+        metrics.gauge(name, text)
+    return metrics
+
+
 class ListenService:
     """The live service. Call :meth:`run` (blocks until :meth:`stop`), or :meth:`start`,
     :meth:`step` and :meth:`close` to drive it by hand.
@@ -112,10 +169,20 @@ class ListenService:
     """
 
     def __init__(self, config: Config, store: Store, *, env: Mapping[str, str] | None = None,
-                 kafka_overrides: Mapping[str, Any] | None = None) -> None:
+                 kafka_overrides: Mapping[str, Any] | None = None,
+                 metrics_port: int | None = None) -> None:
         self.config = config
         self.store = store
         self.settings = ServiceSettings.from_config(config)
+        if metrics_port is not None:
+            self.settings.metrics_port = metrics_port
+        self.metrics = declare_metrics(Metrics())
+        self.metrics_server: MetricsServer | None = None
+        self._rate = RateMeter(10.0)
+        self._last_gauges = 0.0
+        self._delivered_seen = 0
+        self._newest: float | None = None
+        self._last_prune = time.monotonic()
         self._env = env
         self._overrides = dict(kafka_overrides or {})
         self._stop = threading.Event()
@@ -135,12 +202,18 @@ class ListenService:
         """Restore state, re-send undelivered reports, join the consumer groups."""
         kw = {"env": self._env, "overrides": self._overrides}
         s = self.settings
+        self.metrics.set("start_unixtime", time.time())
+        if s.metrics_port >= 0 and self.metrics_server is None:
+            self.metrics_server = MetricsServer(self.metrics, s.metrics_port, s.metrics_host)
         self._producer = Producer({**producer_config(self.config, **kw),
                                    "error_cb": self._on_error})
         acked = AckedProducer(self._producer)
         self.sink = KafkaReportSink(acked, s.report_topic, s.voevent_topic, self.store)
         self.dead_letters = DeadLetters(acked, s.dead_letter_topic)
         self.engine = Engine(self.config, store=self.store, sinks=[self.sink])
+        self._newest = newest_alert_mjd(self.store)
+        prune_history(self.store, self.config, self._newest)
+        self._last_prune = time.monotonic()
         self.engine.restore()
         self.stats.redelivered = self.sink.redeliver(reader_config(self.config, **kw),
                                                      lookback_s=s.redeliver_lookback)
@@ -193,7 +266,11 @@ class ListenService:
         self.notices = self.alerts = None
         if self.engine is not None:
             self.engine.close()  # closes the sink (final acknowledgement) and the store
+            self._count_delivered()
             self.engine = None
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
         log.info("stopped: %s", self._summary())
 
     # -- one step ----------------------------------------------------------------------
@@ -211,9 +288,18 @@ class ListenService:
         polled = self.alerts.poll(self.settings.batch_size, self.settings.poll_timeout)
         for bad in polled.refused:
             self.dead_letters.send(bad.key, bad.value, bad.source, bad.error)
+            self.metrics.inc("dead_letters_total", error=type(bad.error).__name__)
         if len(polled.batch):
-            self.stats.reports += len(self.engine.on_alerts(polled.batch))
+            self._count_reports(self.engine.on_alerts(polled.batch))
+            self.metrics.inc("alerts_total", len(polled.batch))
+            newest = float(polled.batch.mjd_tai.max())
+            self._newest = newest if self._newest is None else max(self._newest, newest)
+            self.metrics.set("last_alert_mjd_tai", self._newest)
+            self.metrics.set("last_alert_unixtime", time.time())
+            self._maybe_prune()
         self.stats.alerts += len(polled.batch)
+        self._rate.add(len(polled.batch), time.monotonic())
+        self._update_gauges()
         if not notices and not polled.messages:
             if self._backoff > 0:  # transport errors seen: wait instead of spinning
                 self._stop.wait(self._backoff)
@@ -224,11 +310,13 @@ class ListenService:
                 log.warning("stopping with unacknowledged reports: input offsets not committed"
                             " (the input will be read again)")
                 return 0
+        self._count_delivered()
         try:
             self.alerts.commit(polled.offsets)
             if self.notices is not None:
                 self.notices.commit(notices)
             self.stats.commits += 1
+            self.metrics.inc("commits_total")
         except KafkaException as exc:
             log.warning("commit failed (%s): these messages will be read again", exc)
         return len(notices) + polled.messages
@@ -238,16 +326,23 @@ class ListenService:
         if notice.error is not None:
             self.stats.notices_refused += 1
             if isinstance(notice.error, NotAnEventError):
+                self.metrics.inc("notices_total", outcome="not_an_event")
                 log.info("notice %s is not an event: %s", notice.source, notice.error)
                 return
+            self.metrics.inc("notices_total", outcome="refused")
+            self.metrics.inc("dead_letters_total", error=type(notice.error).__name__)
             self.dead_letters.send(notice.key, notice.value,
                                    SourceRef(notice.topic, notice.partition, notice.offset,
                                              notice.timestamp_ms), notice.error)
             return
         assert notice.event is not None
+        before = {k: v for k, v in self.engine.stats.items() if k.startswith("notices_")}
         reports = self.engine.on_notice(notice.event)
+        for key, value in self.engine.stats.items():
+            if key.startswith("notices_") and value > before.get(key, 0):
+                self.metrics.inc("notices_total", outcome=key[len("notices_"):])
         self.stats.notices += 1
-        self.stats.reports += len(reports)
+        self._count_reports(reports)
         log.info("notice %s: %s revision %d -> %d reports", notice.source,
                  notice.event.event_id, notice.event.revision, len(reports))
 
@@ -256,6 +351,7 @@ class ListenService:
     def _on_error(self, err: KafkaError) -> None:
         """librdkafka error callback and consumer errors: log, back off on transport ones."""
         self.stats.transport_errors += 1
+        self.metrics.inc("transport_errors_total")
         if err.fatal():
             log.error("fatal Kafka error: %s; stopping", err)
             self.stop()
@@ -278,6 +374,36 @@ class ListenService:
         log.warning("%s: retrying in %.1f s", why, self._backoff)
         return self._stop.wait(self._backoff)
 
+    # -- metrics -----------------------------------------------------------------------
+
+    def _count_reports(self, reports: list) -> None:
+        self.stats.reports += len(reports)
+        revoked = sum(1 for m in reports if m.retracted)
+        self.metrics.inc("matches_total", len(reports) - revoked)
+        self.metrics.inc("revocations_total", revoked)
+
+    def _maybe_prune(self) -> None:
+        every = self.settings.prune_interval
+        if every > 0 and time.monotonic() - self._last_prune >= every:
+            self._last_prune = time.monotonic()
+            prune_history(self.store, self.config, self._newest)
+
+    def _count_delivered(self) -> None:
+        delivered = self.sink.delivered if self.sink is not None else 0
+        if delivered > self._delivered_seen:
+            self.metrics.inc("reports_delivered_total", delivered - self._delivered_seen)
+            self._delivered_seen = delivered
+
+    def _update_gauges(self, every: float = 1.0) -> None:
+        """Refresh the gauges (lag from cached watermarks at most every ``every`` s)."""
+        now = time.monotonic()
+        self.metrics.set("alerts_per_second", self._rate.rate(now))
+        if self.engine is not None:
+            self.metrics.set("live_events", len(self.engine.index))
+        if now - self._last_gauges >= every and self.alerts is not None:
+            self._last_gauges = now
+            self.metrics.set("consumer_lag", self.alerts.lag())
+
     # -- progress ----------------------------------------------------------------------
 
     def _summary(self) -> str:
@@ -294,3 +420,206 @@ class ListenService:
         log.info("%s; %.0f alerts/s, lag %d, %d live events", self._summary(),
                  self.stats.alerts / elapsed, lag, live)
 
+
+
+# -- embedded mode: no Kafka ---------------------------------------------------------------
+
+@dataclass
+class SpoolSettings:
+    """``[spool]``: the spool directory (in/, done/, failed/, out/) and its timing (s)."""
+
+    directory: str = "mmcross-spool"
+    settle: float = 0.5
+    poll_interval: float = 1.0
+    chunk: int = 20_000
+
+    @classmethod
+    def from_config(cls, config: Config) -> SpoolSettings:
+        sp = config.get("spool", {}) or {}
+        return cls(**{name: type(getattr(cls, name))(sp[name]) for name in (
+            "directory", "settle", "poll_interval", "chunk") if name in sp})
+
+
+class EmbeddedService:
+    """``mmcross listen`` without Kafka: a file spool in, JSON Lines and VOEvent files out.
+
+    Notice files and alert files (wire streams, wire-format messages, Avro containers) dropped
+    into ``<spool>/in`` are handled once each, oldest first, then moved to ``<spool>/done``
+    (refused files to ``<spool>/failed`` with the reason). Reports go to
+    ``<spool>/out/matches.jsonl`` and ``<spool>/out/voevents/``; refused alert packets to
+    ``<spool>/out/dead-letters.jsonl``. Events, matches and alert history are in the store,
+    so a restart goes on where it stopped (a file read twice adds no report).
+
+    Args:
+        config: merged configuration (``[spool]``, ``[service]``, ``[metrics]``).
+        store: the store.
+        spool_dir: overrides ``[spool] directory``.
+        metrics_port: overrides ``[metrics] port`` (-1 off, 0 any free port).
+    """
+
+    def __init__(self, config: Config, store: Store, *, spool_dir: str | None = None,
+                 metrics_port: int | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.spool_settings = SpoolSettings.from_config(config)
+        if spool_dir:
+            self.spool_settings.directory = str(spool_dir)
+        m = config.get("metrics", {}) or {}
+        self.metrics_port = int(m.get("port", -1)) if metrics_port is None else metrics_port
+        self.metrics_host = str(m.get("host", "127.0.0.1"))
+        self.prune_interval = float((config.get("service", {}) or {}).get(
+            "prune_interval", 3600.0))
+        self.metrics = declare_metrics(Metrics())
+        self.metrics_server: MetricsServer | None = None
+        self.stats = ServiceStats()
+        self.engine: Engine | None = None
+        self.spool = None
+        self._stop = threading.Event()
+        self._rate = RateMeter(10.0)
+        self._newest: float | None = None
+        self._last_prune = time.monotonic()
+        self._dead_path = None
+
+    def start(self) -> None:
+        from brokers.sinks import JsonLinesSink, VOEventDirectorySink
+        from brokers.spool import FileSpool
+
+        sp = self.spool_settings
+        self.metrics.set("start_unixtime", time.time())
+        if self.metrics_port >= 0 and self.metrics_server is None:
+            self.metrics_server = MetricsServer(self.metrics, self.metrics_port,
+                                                self.metrics_host)
+        self.spool = FileSpool(sp.directory, settle=sp.settle)
+        self._dead_path = self.spool.out / "dead-letters.jsonl"
+        sinks = [JsonLinesSink(self.spool.out / "matches.jsonl"),
+                 VOEventDirectorySink(self.spool.out / "voevents")]
+        self.engine = Engine(self.config, store=self.store, sinks=sinks)
+        self._newest = newest_alert_mjd(self.store)
+        prune_history(self.store, self.config, self._newest)
+        self.engine.restore()
+        log.info("embedded mode (no Kafka configured): watching %s, reports to %s; "
+                 "%d live events", self.spool.inbox, self.spool.out, len(self.engine.index))
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current file (signal-handler safe)."""
+        self._stop.set()
+
+    def run(self) -> ServiceStats:
+        try:
+            self.start()
+            while not self._stop.is_set():
+                if self.step() == 0:
+                    self._stop.wait(self.spool_settings.poll_interval)
+        finally:
+            self.close()
+        return self.stats
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+        log.info("stopped: %d notices (%d refused), %d alerts, %d reports",
+                 self.stats.notices, self.stats.notices_refused, self.stats.alerts,
+                 self.stats.reports)
+
+    def step(self) -> int:
+        """Handle every settled file of the spool; returns how many."""
+        assert self.spool is not None
+        n = 0
+        for item in self.spool.ready():
+            if self._stop.is_set():
+                break
+            if item.kind == "notice":
+                self._notice_file(item)
+            else:
+                self._alert_file(item)
+            n += 1
+        self.metrics.set("alerts_per_second", self._rate.rate(time.monotonic()))
+        if self.engine is not None:
+            self.metrics.set("live_events", len(self.engine.index))
+        self.metrics.set("consumer_lag", self.spool.pending())
+        if self.prune_interval > 0 and time.monotonic() - self._last_prune >= self.prune_interval:
+            self._last_prune = time.monotonic()
+            prune_history(self.store, self.config, self._newest)
+        return n
+
+    def _count(self, reports: list) -> None:
+        self.stats.reports += len(reports)
+        revoked = sum(1 for m in reports if m.retracted)
+        self.metrics.inc("matches_total", len(reports) - revoked)
+        self.metrics.inc("revocations_total", revoked)
+        self.metrics.inc("reports_delivered_total", len(reports))  # file sinks are synchronous
+
+    def _notice_file(self, item) -> None:
+        from listeners import parse_notice
+        from mmcross.errors import MmcrossError
+
+        assert self.engine is not None and self.spool is not None
+        try:
+            event = parse_notice(item.path.read_bytes(), source=str(item.path),
+                                 **notice_options(self.config))
+        except NotAnEventError as exc:
+            self.stats.notices_refused += 1
+            self.metrics.inc("notices_total", outcome="not_an_event")
+            log.info("notice file %s is not an event: %s", item.path, exc)
+            self.spool.complete(item)
+            return
+        except (MmcrossError, OSError) as exc:
+            self.stats.notices_refused += 1
+            self.metrics.inc("notices_total", outcome="refused")
+            self.metrics.inc("dead_letters_total", error=type(exc).__name__)
+            log.warning("notice file %s refused: %s", item.path, exc)
+            self.spool.fail(item, f"{type(exc).__name__}: {exc}")
+            return
+        before = {k: v for k, v in self.engine.stats.items() if k.startswith("notices_")}
+        reports = self.engine.on_notice(event)
+        for key, value in self.engine.stats.items():
+            if key.startswith("notices_") and value > before.get(key, 0):
+                self.metrics.inc("notices_total", outcome=key[len("notices_"):])
+        self.stats.notices += 1
+        self._count(reports)
+        log.info("notice file %s: %s revision %d -> %d reports", item.path.name,
+                 event.event_id, event.revision, len(reports))
+        self.spool.complete(item)
+
+    def _alert_file(self, item) -> None:
+        import json
+
+        import numpy as np
+
+        from brokers.alert_files import iter_alert_batches
+
+        assert self.engine is not None and self.spool is not None
+        errors: list[Exception] = []
+        n = 0
+        for batch in iter_alert_batches([item.path], chunk=self.spool_settings.chunk,
+                                        on_error=errors.append):
+            if len(batch) > 1:
+                order = np.argsort(batch.mjd_tai, kind="stable")
+                if np.any(np.diff(order) != 1):
+                    batch = batch.take(order)
+            self._count(self.engine.on_alerts(batch))
+            n += len(batch)
+            newest = float(batch.mjd_tai.max())
+            self._newest = newest if self._newest is None else max(self._newest, newest)
+            self.metrics.inc("alerts_total", len(batch))
+            self.metrics.set("last_alert_mjd_tai", self._newest)
+            self.metrics.set("last_alert_unixtime", time.time())
+            self._rate.add(len(batch), time.monotonic())
+        self.stats.alerts += n
+        if errors:
+            with open(self._dead_path, "a", encoding="utf-8") as f:
+                for exc in errors:
+                    f.write(json.dumps({"file": str(item.path.name), "error": type(exc).__name__,
+                                        "reason": str(exc)}) + "\n")
+            for exc in errors:
+                self.metrics.inc("dead_letters_total", error=type(exc).__name__)
+        if n == 0 and errors:
+            self.spool.fail(item, "; ".join(str(e) for e in errors[:10]))
+            log.warning("alert file %s refused: %s", item.path, errors[0])
+            return
+        log.info("alert file %s: %d alerts (%d refused)", item.path.name, n, len(errors))
+        self.spool.complete(item)
