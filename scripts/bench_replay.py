@@ -15,9 +15,9 @@ about 66 KB a packet by default) and the same real notices, and must find the sa
   lsst-alert-packet registers under the packet's schema id (parsed once), and per batch of
   ``--chunk`` alerts runs, for each live event, the per-event recipe of ligo.skymap's
   ``crossmatch`` (``bench_matcher.ligo_loop``: sort by density, cumsum, ``ang2pix`` at order
-  29, ``searchsorted``, credible-level cut, time window). The peer is handed the events'
-  localizations already built (an ``.npz`` written by this script), so notice parsing is
-  charged to mmcross only.
+  29, ``searchsorted``, credible-level cut, time window). The peer parses the same notices
+  with mmcross's listeners and configuration (a user's pipeline has to build the sky maps
+  too), so both sides pay the same for localizations.
 
 Notices: S230518h (LVK initial notice with its multi-order map) plus two real GRB VOEvents of
 2024-01-12 (Fermi GBM ground position, a 16.6 deg 90% Fisher circle once systematics are
@@ -120,20 +120,6 @@ def build_events(paths: list[Path], config) -> tuple[list, list[float]]:
     return events, seconds
 
 
-def save_events(path: Path, events, config) -> None:
-    """What the peer gets: per event its id, multi-order map and time window (MJD TAI)."""
-    arrays = {"ids": np.array([e.event_id for e in events]),
-              "level": np.array(config.credible_level)}
-    tmin, tmax = [], []
-    for k, e in enumerate(events):
-        w = config.time_window(e.kind)
-        tmin.append(e.trigger_mjd_tai + w.before)
-        tmax.append(e.trigger_mjd_tai + w.after)
-        arrays[f"uniq_{k}"] = e.localization.uniq
-        arrays[f"dens_{k}"] = e.localization.probdensity
-    np.savez(path, tmin=np.array(tmin), tmax=np.array(tmax), **arrays)
-
-
 @dataclass
 class Stream:
     path: Path
@@ -176,24 +162,33 @@ def generate(workdir: Path, events, args: argparse.Namespace) -> Stream:
 
 # -- the peer: what a user would write ---------------------------------------------------------
 
-def peer(stream: Path, events_npz: Path, chunk: int, out: Path) -> None:
+def peer(stream: Path, notices: list[Path], config_path: Path | None, chunk: int,
+         out: Path) -> None:
     """Full fastavro decode of every packet + the ligo.skymap per-event recipe per batch.
 
-    Writes ``out`` (JSON): the (event id, alert id) pairs and in-process timings (s).
+    The notices are parsed into sky maps with mmcross's own listeners and configuration, so
+    both sides pay the same for building localizations and the comparison is about what
+    differs: alert decoding and matching. Writes ``out`` (JSON): the (event id, alert id)
+    pairs and in-process timings (s).
     """
     t_start = time.perf_counter()
     import fastavro
     from lsst.alert.packet import SchemaRegistry
 
+    from mmcross.config import Config
+
     sys.path.insert(0, str(REPO / "scripts"))
     from bench_matcher import ligo_loop
 
-    data = np.load(events_npz)
-    ids = data["ids"]
-    tmin, tmax, level = data["tmin"], data["tmax"], float(data["level"])
-    events = [SimpleNamespace(localization=SimpleNamespace(uniq=data[f"uniq_{k}"],
-                                                           probdensity=data[f"dens_{k}"]))
-              for k in range(len(ids))]
+    config = Config.load(config_path)
+    parsed, _ = build_events(notices, config)
+    ids = np.array([e.event_id for e in parsed])
+    windows = [config.time_window(e.kind) for e in parsed]
+    tmin = np.array([e.trigger_mjd_tai + w.before for e, w in zip(parsed, windows, strict=True)])
+    tmax = np.array([e.trigger_mjd_tai + w.after for e, w in zip(parsed, windows, strict=True)])
+    level = config.credible_level
+    events = [SimpleNamespace(localization=SimpleNamespace(
+        uniq=e.localization.uniq, probdensity=e.localization.probdensity)) for e in parsed]
     registry = SchemaRegistry.all_schemas_from_filesystem()
     writers: dict[int, dict] = {}
     pairs: list[tuple[str, int]] = []
@@ -284,9 +279,11 @@ def run_mmcross(cmd: list[str], out: Path) -> dict:
             "notices_s": notices_s, "matches": live}
 
 
-def peer_command(stream: Path, events_npz: Path, chunk: int, out: Path) -> list[str]:
+def peer_command(stream: Path, notices: list[Path], config: Path | None, chunk: int,
+                 out: Path) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--peer", "--stream", str(stream),
-            "--events-npz", str(events_npz), "--chunk", str(chunk), "--peer-out", str(out)]
+            "--peer-notices", *map(str, notices), "--chunk", str(chunk), "--peer-out", str(out),
+            *(["--peer-config", str(config)] if config else [])]
 
 
 def run_peer(cmd: list[str], out: Path) -> dict:
@@ -325,12 +322,10 @@ def bench_row(label: str, config_path: Path | None, notices: list[Path], stream:
     events, build = build_events(notices, config)  # warm-up (numba) ...
     events, build = build_events(notices, config)  # ... then timed
     slug = re.sub(r"[^\w.]+", "-", label)
-    events_npz = workdir / f"events-{slug}.npz"
-    save_events(events_npz, events, config)
     mm_cmd = mmcross_command(notices, stream.path, workdir / f"out-{slug}", args.chunk,
                              config_path)
     peer_out = workdir / f"peer-{slug}.json"
-    p_cmd = peer_command(stream.path, events_npz, args.chunk, peer_out)
+    p_cmd = peer_command(stream.path, notices, config_path, args.chunk, peer_out)
     runs = [run_mmcross(mm_cmd, workdir / f"out-{slug}") for _ in range(args.repeat + 1)]
     print(f"<!-- {label}: mmcross wall s per run (first = warm-up, not counted): "
           + ", ".join(f"{r['wall']:.2f}" for r in runs) + " -->", flush=True)
@@ -444,11 +439,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.get("TMPDIR", "/tmp"), "mmcross-bench-replay"))
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stream", help=argparse.SUPPRESS)
-    parser.add_argument("--events-npz", help=argparse.SUPPRESS)
+    parser.add_argument("--peer-notices", nargs="*", help=argparse.SUPPRESS)
+    parser.add_argument("--peer-config", help=argparse.SUPPRESS)
     parser.add_argument("--peer-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peer:
-        peer(Path(args.stream), Path(args.events_npz), args.chunk, Path(args.peer_out))
+        peer(Path(args.stream), [Path(p) for p in args.peer_notices],
+             Path(args.peer_config) if args.peer_config else None, args.chunk,
+             Path(args.peer_out))
         return 0
 
     from mmcross.config import Config
