@@ -32,6 +32,7 @@ from brokers.kafka_config import (
     reader_config,
 )
 from brokers.kafka_reports import AckedProducer, KafkaReportSink
+from brokers.kafka_schemas import SchemaResolver
 from listeners.gcn_kafka import NoticeConsumer, ReceivedNotice
 from mmcross.config import Config, notice_options
 from mmcross.engine import Engine
@@ -226,8 +227,10 @@ class ListenService:
             self.notices = NoticeConsumer(props, s.notice_topics, credentials=creds,
                                           notice_options=notice_options(self.config),
                                           commits=stable, on_error=self._on_error)
+        registry = str(self.config.get("kafka.schema_registry_url", "") or "")
         self.alerts = AlertConsumer(alert_consumer_config(self.config, **kw), s.alert_topics,
-                                    on_error=self._on_error)
+                                    on_error=self._on_error,
+                                    schemas=SchemaResolver(registry or None))
         log.info("listening: alerts %s -> reports %s (VOEvents %s, dead letters %s); "
                  "%d live events", ", ".join(s.alert_topics), s.report_topic, s.voevent_topic,
                  s.dead_letter_topic, len(self.engine.index))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from brokers.alert_decoding import decode_wire_many
@@ -119,6 +119,10 @@ def _committed(bootstrap: str, group: str, topic: str) -> int:
     try:
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
         got = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+    except KafkaException as exc:  # e.g. NOT_COORDINATOR while the coordinator moves/loads
+        if not exc.args[0].retriable() and exc.args[0].code() != KafkaError.NOT_COORDINATOR:
+            raise
+        return -1
     finally:
         c.close()
     return sum(tp.offset for tp in got if tp.offset > 0)
