@@ -64,6 +64,15 @@ _COMPLETE = ".complete"
 _STATE = "local-kafka.json"
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when its parent exits."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class LocalKafkaError(MmcrossError):
     """The local Kafka broker could not be fetched, formatted, started or stopped."""
 
@@ -196,6 +205,7 @@ class LocalKafka:
         heap: str = DEFAULT_HEAP,
         timeout: float = DEFAULT_TIMEOUT,
         extra_properties: dict[str, str] | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.directory = Path(directory).resolve()
         self.version = version
@@ -203,6 +213,8 @@ class LocalKafka:
         self.timeout = timeout
         self.extra_properties = dict(extra_properties or {})
         self._proc: subprocess.Popen[bytes] | None = None
+        # Tests start brokers that must not outlive a killed test run (Linux: PR_SET_PDEATHSIG).
+        self.die_with_parent = die_with_parent
         state = self._read_state()
         self.port = int(state.get("port", port))
         self.controller_port = int(state.get("controller_port", 0))
@@ -361,6 +373,7 @@ class LocalKafka:
             self._proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=self.directory, start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         self.pid_file.write_text(f"{self._proc.pid}\n")
         try:

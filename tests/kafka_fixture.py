@@ -53,7 +53,7 @@ def skip_or_fail(reason: str) -> None:
 @pytest.fixture(scope="session")
 def local_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kafka_local.LocalKafka]:
     """A single-node KRaft broker on 127.0.0.1 owned by this test session (restartable)."""
-    broker = kafka_local.LocalKafka(tmp_path_factory.mktemp("kafka"))
+    broker = kafka_local.LocalKafka(tmp_path_factory.mktemp("kafka"), die_with_parent=True)
     try:
         broker.start()
     except kafka_local.KafkaUnavailableError as exc:
