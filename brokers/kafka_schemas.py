@@ -23,8 +23,13 @@ from brokers.alert_decoding import (
     decode_wire_row,
     split_wire,
 )
-from brokers.rubin_schemas import RubinSchema, get_schema, known_schema_ids, schema_id_from_name
-from brokers.rubin_schemas import _build as build_schema
+from brokers.rubin_schemas import (
+    RubinSchema,
+    build_schema,
+    get_schema,
+    known_schema_ids,
+    schema_id_from_name,
+)
 from mmcross.errors import BadAlertError
 
 log = logging.getLogger(__name__)

@@ -75,7 +75,8 @@ def _strip(node: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in node.items() if not k.startswith("__")}
 
 
-def _build(schema_id: int, version: str, definition: dict[str, Any]) -> RubinSchema:
+def build_schema(schema_id: int, version: str, definition: dict[str, Any]) -> RubinSchema:
+    """A :class:`RubinSchema` from an alert schema definition (e.g. from a Schema Registry)."""
     top = [f["name"] for f in definition["fields"]]
     if "diaSource" not in top:
         raise ValueError(f"Rubin schema {version} has no diaSource field")
@@ -111,7 +112,7 @@ def _registry() -> dict[int, RubinSchema]:
     for version in reg.known_versions:
         schema = reg.get_by_version(version)
         sid = schema.get_schema_id()
-        out[sid] = _build(sid, version, schema.definition)
+        out[sid] = build_schema(sid, version, schema.definition)
     log.debug("loaded %d Rubin alert schemas: %s", len(out), sorted(out))
     return out
 

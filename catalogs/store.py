@@ -521,6 +521,13 @@ class Store:
                           np.array(ra, np.float64), np.array(dec, np.float64),
                           np.array(mjd, np.float64), is_new=np.array(is_new, bool))
 
+    def alert_history_stats(self) -> tuple[int, float | None]:
+        """(number of stored alerts, newest alert time MJD TAI or None when empty)."""
+        t = AlertHistoryRow.__table__
+        with self._transaction("reading alert history stats") as s:
+            count, newest = s.execute(select(func.count(), func.max(t.c.mjd_tai))).one()
+        return int(count or 0), None if newest is None else float(newest)
+
     def prune_alert_history(self, before_mjd_tai: float) -> int:
         """Delete stored alerts older than ``before_mjd_tai`` (MJD TAI); returns how many."""
         with self._transaction("pruning alert history") as s:

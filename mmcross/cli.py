@@ -221,21 +221,14 @@ _STATUS_METRICS = (
 
 def status_from_store(store) -> dict:
     """Live events, matches and the newest alert of the store (MJD TAI)."""
-    from sqlalchemy import func, select
-
-    from catalogs.models import AlertHistoryRow
-
     events = store.events(include_retracted=True)
     live = [e for e in events if not e["retracted"]]
-    with store.engine.connect() as conn:
-        t = AlertHistoryRow.__table__
-        n_alerts, last = conn.execute(select(func.count(), func.max(t.c.mjd_tai))).one()
+    n_alerts, last = store.alert_history_stats()
     return {"events": len(events), "live_events": len(live),
             "live_event_ids": [e["event_id"] for e in live],
             "matches": sum(e["matches"] for e in events),
             "revoked_matches": sum(e["matches_retracted"] for e in events),
-            "alerts_in_history": int(n_alerts or 0),
-            "last_alert_mjd_tai": None if last is None else float(last)}
+            "alerts_in_history": n_alerts, "last_alert_mjd_tai": last}
 
 
 def status_from_metrics(url: str) -> dict:
