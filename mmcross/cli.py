@@ -164,7 +164,11 @@ def cmd_matches(args: argparse.Namespace) -> int:
 # -- listen ------------------------------------------------------------------------------
 
 def _listen_overrides(args: argparse.Namespace) -> dict:
-    """The ``[kafka]``/``[store]`` config keys given on the command line."""
+    """The ``[kafka]``/``[store]``/``[vtp]``/``[submit]`` config keys given on the command line.
+
+    ``--vtp-port``/``--vtp-host`` enable the VTP broadcaster, ``--submit-port`` the partner
+    VTP receiver; ``--gcn-vtp`` (repeatable) replaces ``[vtp.listen] servers``.
+    """
     kafka: dict = {}
     if args.bootstrap_servers:
         kafka["bootstrap_servers"] = args.bootstrap_servers
@@ -178,6 +182,19 @@ def _listen_overrides(args: argparse.Namespace) -> dict:
     out: dict = {"kafka": kafka} if kafka else {}
     if args.db:
         out["store"] = {"url": args.db}
+    vtp: dict = {}
+    if args.vtp_port is not None or args.vtp_host is not None:
+        vtp["broadcast"] = {"enabled": True}
+        if args.vtp_port is not None:
+            vtp["broadcast"]["port"] = args.vtp_port
+        if args.vtp_host is not None:
+            vtp["broadcast"]["host"] = args.vtp_host
+    if args.gcn_vtp:
+        vtp["listen"] = {"servers": list(args.gcn_vtp)}
+    if vtp:
+        out["vtp"] = vtp
+    if args.submit_port is not None:
+        out["submit"] = {"vtp": {"enabled": True, "port": args.submit_port}}
     return out
 
 
@@ -320,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("listen", help="live service: GCN notices + alert stream from Kafka")
+    p = sub.add_parser("listen", help="live service: GCN notices (Kafka, VTP) and partner "
+                                      "submissions x the alert stream (Kafka or a spool)")
     p.add_argument("--config", help="TOML file merged over config/default.toml")
     p.add_argument("--bootstrap-servers", metavar="HOST:PORT",
                    help="Kafka broker(s) of the alerts and reports (wins over KAFKA_*)")
@@ -339,6 +357,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spool", metavar="DIR",
                    help="without Kafka: spool directory (files dropped in DIR/in, reports in "
                         "DIR/out; default [spool] directory)")
+    p.add_argument("--vtp-port", type=int, metavar="PORT",
+                   help="serve counterpart and retraction VOEvents to VTP subscribers on PORT "
+                        "(127.0.0.1 unless --vtp-host; 0: any free port, logged)")
+    p.add_argument("--vtp-host", metavar="HOST",
+                   help="address of the VTP broadcaster (e.g. 0.0.0.0; enables it on "
+                        "[vtp.broadcast] port when --vtp-port is not given)")
+    p.add_argument("--submit-port", type=int, metavar="PORT",
+                   help="receive partner VOEvent/JSON submissions over VTP on PORT "
+                        "([submit.vtp] host, 127.0.0.1 by default; partners in [partners.*])")
+    p.add_argument("--gcn-vtp", action="append", metavar="HOST:PORT",
+                   help="GCN Classic VOEvent server to subscribe to over VTP (repeatable; "
+                        "tried in turn; replaces [vtp.listen] servers)")
     p.set_defaults(func=cmd_listen)
 
     p = sub.add_parser("status", help="state of the live service: store and metrics endpoint")

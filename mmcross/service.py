@@ -7,6 +7,11 @@ loses nothing (uncommitted input is read again) and sends nothing twice: matches
 store are not emitted again, and stored reports whose delivery was never recorded are
 re-sent at start-up after checking the report topic (:meth:`KafkaReportSink.redeliver`).
 
+VOEvent transport (:class:`Transports`, both modes, each piece off unless configured): a VTP
+broadcaster of counterpart and retraction VOEvents (an engine sink), GCN Classic over VTP in,
+and partner submissions over VTP and (Kafka mode) a Kafka topic. Their threads never call the
+engine: they queue parsed events on a :class:`NoticeInbox` that the loop drains each step.
+
 Start-up restores the live events, their matches and the alert history from the store.
 Transport errors are logged and waited out with an exponential back-off (librdkafka
 reconnects by itself); SIGTERM/SIGINT finish the current batch and leave cleanly.
@@ -15,9 +20,10 @@ reconnects by itself); SIGTERM/SIGINT finish the current batch and leave cleanly
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,16 +33,23 @@ from brokers.dead_letters import DeadLetters, SourceRef
 from brokers.kafka_alerts import AlertConsumer
 from brokers.kafka_config import (
     alert_consumer_config,
+    base_properties,
     gcn_consumer_config,
     producer_config,
     reader_config,
 )
 from brokers.kafka_reports import AckedProducer, KafkaReportSink
 from brokers.kafka_schemas import SchemaResolver
+from brokers.vtp import BroadcasterSettings, VTPBroadcaster
 from listeners.gcn_kafka import NoticeConsumer, ReceivedNotice
+from listeners.partner_kafka import PartnerKafkaConsumer
+from listeners.partners import PartnerRegistry
+from listeners.vtp import VTPListener
+from listeners.vtp_receiver import VTPReceiver
 from mmcross.config import Config, notice_options
 from mmcross.engine import Engine
 from mmcross.errors import ConfigError, NotAnEventError
+from mmcross.event import Event
 from mmcross.metrics import Metrics, MetricsServer, RateMeter
 
 if TYPE_CHECKING:
@@ -157,6 +170,240 @@ def declare_metrics(metrics: Metrics) -> Metrics:
     return metrics
 
 
+# -- VOEvent transport and partner submissions (both modes) -------------------------------
+
+@dataclass
+class TransportSettings:
+    """Which VOEvent-transport pieces run next to the service, and the partner ack wait (s).
+
+    Each piece is off unless its config says otherwise (the ``listen`` flags turn them on):
+
+    * ``[vtp.broadcast] enabled`` (``--vtp-port``/``--vtp-host``): counterpart and retraction
+      VOEvents to VTP subscribers on ``host:port``;
+    * ``[vtp.listen] servers`` non-empty (``--gcn-vtp``): GCN Classic over VTP in;
+    * ``[submit.vtp] enabled`` (``--submit-port``): the partner VTP submission receiver;
+    * ``[submit.kafka] enabled``: the partner Kafka submission topic (Kafka mode only).
+
+    ``submit_wait``: ``[submit.vtp] ack_wait``, seconds a partner's VTP submission waits for the
+    service loop to apply it before the ack (a nak after that; resubmitting is harmless).
+    """
+
+    broadcast: bool = False
+    gcn_vtp: tuple[str, ...] = ()
+    submit_vtp: bool = False
+    submit_kafka: bool = False
+    submit_wait: float = 30.0
+
+    @classmethod
+    def from_config(cls, config: Config) -> TransportSettings:
+        servers = config.get("vtp.listen.servers", []) or []
+        if isinstance(servers, str):
+            servers = [servers]
+        return cls(broadcast=bool(config.get("vtp.broadcast.enabled", False)),
+                   gcn_vtp=tuple(str(s) for s in servers),
+                   submit_vtp=bool(config.get("submit.vtp.enabled", False)),
+                   submit_kafka=bool(config.get("submit.kafka.enabled", False)),
+                   submit_wait=float(config.get("submit.vtp.ack_wait", 30.0)))
+
+
+class _Pending:
+    """One event handed from a transport thread to the service loop."""
+
+    __slots__ = ("event", "done", "error")
+
+    def __init__(self, event: Event, wait: bool) -> None:
+        self.event = event
+        self.done = threading.Event() if wait else None
+        self.error: BaseException | None = None
+
+
+class NoticeInbox:
+    """Events from the VTP listener/receiver threads to the service loop.
+
+    The engine is not thread-safe, so transport threads never call it: they :meth:`put` the
+    parsed event here and the service loop applies it in :meth:`drain`. ``wake`` is set on
+    every put so an idle loop can wait on it instead of sleeping its poll interval.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self.wake = threading.Event()
+        self._closed = False
+
+    def put(self, event: Event, wait: float | None = None) -> None:
+        """Queue ``event``; with ``wait`` (s), block until the loop applied it.
+
+        Raises:
+            RuntimeError: the service is stopping, applying the event failed, or it was not
+                applied within ``wait`` seconds (the caller then refuses the submission).
+        """
+        if self._closed:
+            raise RuntimeError("the service is stopping")
+        item = _Pending(event, wait is not None)
+        self._queue.put(item)
+        self.wake.set()
+        if item.done is None:
+            return
+        if not item.done.wait(wait):
+            raise RuntimeError(f"{event.event_id} not applied within {wait:.0f} s")
+        if item.error is not None:
+            raise RuntimeError(f"{event.event_id} not applied: {item.error}")
+
+    def drain(self, apply: Callable[[Event], object]) -> int:
+        """Apply every queued event in this thread; returns how many."""
+        n = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return n
+            try:
+                apply(item.event)
+            except Exception as exc:  # noqa: BLE001 - reported to the submitter, logged
+                item.error = exc
+                log.exception("applying %s from %s failed", item.event.event_id,
+                              item.event.source)
+            finally:
+                if item.done is not None:
+                    item.done.set()
+            n += 1
+
+    def close(self) -> None:
+        """Refuse further puts; release anyone still waiting."""
+        self._closed = True
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            item.error = RuntimeError("the service stopped")
+            if item.done is not None:
+                item.done.set()
+
+
+class Transports:
+    """The VTP broadcaster (an engine sink), the GCN Classic VTP listener, the partner VTP
+    receiver and the partner Kafka consumer of one service; all feed :attr:`inbox`.
+
+    Call :meth:`start` once the engine is restored, :meth:`poll` from the service loop (it
+    applies queued events with the given function), and :meth:`stop_inputs` then
+    ``inbox.close()`` before closing the engine (which closes the broadcaster, its sink).
+
+    Args:
+        config: merged configuration (``[vtp.*]``, ``[submit.*]``, ``[partners.*]``).
+        settings: which pieces run (default from ``config``).
+    """
+
+    def __init__(self, config: Config, settings: TransportSettings | None = None) -> None:
+        self.config = config
+        self.settings = settings or TransportSettings.from_config(config)
+        self.inbox = NoticeInbox()
+        self.registry = PartnerRegistry.from_config(config)
+        self.broadcaster: VTPBroadcaster | None = None
+        self.listener: VTPListener | None = None
+        self.receiver: VTPReceiver | None = None
+        self.partner_kafka: PartnerKafkaConsumer | None = None
+
+    def start(self, engine: Engine, kafka_props: Mapping[str, Any] | None = None) -> None:
+        """Start every configured piece; the broadcaster joins ``engine.sinks``.
+
+        Args:
+            engine: the restored engine (its live events re-teach the registry which events
+                each partner submitted).
+            kafka_props: librdkafka properties for the partner submission consumer (Kafka
+                mode); None = no partner topic.
+
+        Raises:
+            ConfigError: a port cannot be listened on, or the config is wrong.
+        """
+        s = self.settings
+        restored = self.registry.restore(engine.index.live())
+        if restored:
+            log.info("%d live partner events restored", restored)
+        if s.broadcast:
+            section = self.config.get("vtp.broadcast", {}) or {}
+            configured = BroadcasterSettings.from_config(self.config).filters
+            partner = self.registry.broadcaster_filters()
+            clash = set(configured) & set(partner)
+            if clash:
+                raise ConfigError(f"[vtp.broadcast.filters] and a partner's hosts both name "
+                                  f"{sorted(clash)}")
+            broadcaster = VTPBroadcaster.from_config(self.config,
+                                                     filters={**configured, **partner})
+            try:
+                host, port = broadcaster.start()
+            except OSError as exc:
+                raise ConfigError(f"VTP broadcaster cannot listen on {section.get('host')}:"
+                                  f"{section.get('port')} ([vtp.broadcast], --vtp-port): "
+                                  f"{exc}") from exc
+            engine.sinks.append(broadcaster)
+            self.broadcaster = broadcaster
+            log.info("VTP broadcaster: counterpart VOEvents on %s:%d (%d partner "
+                     "subscriptions)", host, port, len(partner))
+        if s.gcn_vtp:
+            self.listener = VTPListener.from_config(self.config, self.inbox.put,
+                                                    servers=list(s.gcn_vtp)).start()
+            log.info("GCN Classic over VTP from %s", ", ".join(s.gcn_vtp))
+        if s.submit_vtp:
+            if not len(self.registry):
+                log.warning("partner VTP receiver on, but no [partners.<name>] is configured:"
+                            " every submission will be refused")
+            receiver = VTPReceiver.from_config(self.config, self._partner_submission_vtp,
+                                               registry=self.registry)
+            try:
+                self.receiver = receiver.start()
+            except OSError as exc:
+                raise ConfigError(f"partner VTP receiver cannot listen on "
+                                  f"{self.config.get('submit.vtp.host')}:"
+                                  f"{self.config.get('submit.vtp.port')} ([submit.vtp], "
+                                  f"--submit-port): {exc}") from exc
+        if s.submit_kafka:
+            if kafka_props is None:
+                log.warning("[submit.kafka] enabled is ignored without Kafka (embedded mode)")
+            else:
+                self.partner_kafka = PartnerKafkaConsumer.from_config(
+                    self.config, kafka_props, self._partner_submission, registry=self.registry)
+
+    def _partner_submission(self, event: Event) -> None:
+        # Record the owner before the engine sees the event, so that counterparts found at
+        # once (retro-matching) already pass the partner's subscription filter.
+        self.registry.restore([event])
+        self.inbox.put(event)
+
+    def _partner_submission_vtp(self, event: Event) -> None:
+        self.registry.restore([event])
+        self.inbox.put(event, wait=self.settings.submit_wait)
+
+    def poll(self, apply: Callable[[Event], object], max_messages: int = 100) -> int:
+        """Read the partner topic (if any), then apply every queued event; returns how many."""
+        if self.partner_kafka is not None:
+            self.partner_kafka.poll(max_messages, 0.0)
+        return self.inbox.drain(apply)
+
+    def stop_inputs(self) -> None:
+        """Stop the listener, the receiver and the partner consumer (not the broadcaster)."""
+        for name in ("listener", "receiver"):
+            piece = getattr(self, name)
+            if piece is not None:
+                piece.stop()
+                setattr(self, name, None)
+        if self.partner_kafka is not None:
+            try:
+                self.partner_kafka.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("closing the partner submission consumer: %s", exc)
+            self.partner_kafka = None
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Counters of the running pieces (for logs and tests)."""
+        out = {}
+        for name in ("broadcaster", "listener", "receiver", "partner_kafka"):
+            piece = getattr(self, name)
+            if piece is not None:
+                out[name] = dict(piece.stats)
+        return out
+
+
 class ListenService:
     """The live service. Call :meth:`run` (blocks until :meth:`stop`), or :meth:`start`,
     :meth:`step` and :meth:`close` to drive it by hand.
@@ -196,6 +443,7 @@ class ListenService:
         self.sink: KafkaReportSink | None = None
         self.dead_letters: DeadLetters | None = None
         self._producer: Producer | None = None
+        self.transports = Transports(config)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -231,6 +479,7 @@ class ListenService:
         self.alerts = AlertConsumer(alert_consumer_config(self.config, **kw), s.alert_topics,
                                     on_error=self._on_error,
                                     schemas=SchemaResolver(registry or None))
+        self.transports.start(self.engine, kafka_props=base_properties(self.config, **kw))
         log.info("listening: alerts %s -> reports %s (VOEvents %s, dead letters %s); "
                  "%d live events", ", ".join(s.alert_topics), s.report_topic, s.voevent_topic,
                  s.dead_letter_topic, len(self.engine.index))
@@ -238,6 +487,7 @@ class ListenService:
     def stop(self) -> None:
         """Ask :meth:`run` to finish the current step and return (signal-handler safe)."""
         self._stop.set()
+        self.transports.inbox.wake.set()
 
     @property
     def stopping(self) -> bool:
@@ -259,7 +509,12 @@ class ListenService:
         return self.stats
 
     def close(self) -> None:
-        """Leave the consumer groups, flush the producer, close the store."""
+        """Stop the VTP inputs, leave the consumer groups, flush the producer, close the
+        store."""
+        self.transports.stop_inputs()
+        if self.engine is not None:
+            self.transports.poll(self._apply_event)  # events already acknowledged upstream
+        self.transports.inbox.close()
         for consumer in (self.notices, self.alerts):
             if consumer is not None:
                 try:
@@ -288,6 +543,7 @@ class ListenService:
         notices = self.notices.poll(50, 0.0) if self.notices is not None else []
         for notice in notices:
             self._apply_notice(notice)
+        pushed = self.transports.poll(self._apply_event)
         polled = self.alerts.poll(self.settings.batch_size, self.settings.poll_timeout)
         for bad in polled.refused:
             self.dead_letters.send(bad.key, bad.value, bad.source, bad.error)
@@ -303,7 +559,7 @@ class ListenService:
         self.stats.alerts += len(polled.batch)
         self._rate.add(len(polled.batch), time.monotonic())
         self._update_gauges()
-        if not notices and not polled.messages:
+        if not notices and not polled.messages and not pushed:
             if self._backoff > 0:  # transport errors seen: wait instead of spinning
                 self._stop.wait(self._backoff)
             return 0
@@ -322,7 +578,7 @@ class ListenService:
             self.metrics.inc("commits_total")
         except KafkaException as exc:
             log.warning("commit failed (%s): these messages will be read again", exc)
-        return len(notices) + polled.messages
+        return len(notices) + polled.messages + pushed
 
     def _apply_notice(self, notice: ReceivedNotice) -> None:
         assert self.engine is not None and self.dead_letters is not None
@@ -339,15 +595,20 @@ class ListenService:
                                              notice.timestamp_ms), notice.error)
             return
         assert notice.event is not None
+        self._apply_event(notice.event)
+
+    def _apply_event(self, event: Event) -> None:
+        """Apply one parsed notice (Kafka, GCN VTP or a partner) in the loop's thread."""
+        assert self.engine is not None
         before = {k: v for k, v in self.engine.stats.items() if k.startswith("notices_")}
-        reports = self.engine.on_notice(notice.event)
+        reports = self.engine.on_notice(event)
         for key, value in self.engine.stats.items():
             if key.startswith("notices_") and value > before.get(key, 0):
                 self.metrics.inc("notices_total", outcome=key[len("notices_"):])
         self.stats.notices += 1
         self._count_reports(reports)
-        log.info("notice %s: %s revision %d -> %d reports", notice.source,
-                 notice.event.event_id, notice.event.revision, len(reports))
+        log.info("notice %s: %s revision %d -> %d reports", event.source, event.event_id,
+                 event.revision, len(reports))
 
     # -- errors and back-off -----------------------------------------------------------
 
@@ -482,6 +743,7 @@ class EmbeddedService:
         self._newest: float | None = None
         self._last_prune = time.monotonic()
         self._dead_path = None
+        self.transports = Transports(config)
 
     def start(self) -> None:
         from brokers.sinks import JsonLinesSink, VOEventDirectorySink
@@ -500,24 +762,32 @@ class EmbeddedService:
         self._newest = newest_alert_mjd(self.store)
         prune_history(self.store, self.config, self._newest)
         self.engine.restore()
+        self.transports.start(self.engine)
         log.info("embedded mode (no Kafka configured): watching %s, reports to %s; "
                  "%d live events", self.spool.inbox, self.spool.out, len(self.engine.index))
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the current file (signal-handler safe)."""
         self._stop.set()
+        self.transports.inbox.wake.set()
 
     def run(self) -> ServiceStats:
+        wake = self.transports.inbox.wake
         try:
             self.start()
             while not self._stop.is_set():
+                wake.clear()  # a put after this wakes the wait below at once
                 if self.step() == 0:
-                    self._stop.wait(self.spool_settings.poll_interval)
+                    wake.wait(self.spool_settings.poll_interval)
         finally:
             self.close()
         return self.stats
 
     def close(self) -> None:
+        self.transports.stop_inputs()
+        if self.engine is not None:
+            self.transports.poll(self._apply_event)
+        self.transports.inbox.close()
         if self.engine is not None:
             self.engine.close()
             self.engine = None
@@ -529,9 +799,10 @@ class EmbeddedService:
                  self.stats.reports)
 
     def step(self) -> int:
-        """Handle every settled file of the spool; returns how many."""
+        """Apply the events pushed over VTP, then handle every settled file of the spool;
+        returns how many inputs were handled."""
         assert self.spool is not None
-        n = 0
+        n = self.transports.poll(self._apply_event)
         for item in self.spool.ready():
             if self._stop.is_set():
                 break
@@ -577,6 +848,12 @@ class EmbeddedService:
             log.warning("notice file %s refused: %s", item.path, exc)
             self.spool.fail(item, f"{type(exc).__name__}: {exc}")
             return
+        self._apply_event(event)
+        self.spool.complete(item)
+
+    def _apply_event(self, event: Event) -> None:
+        """Apply one parsed notice (a spool file, GCN VTP or a partner)."""
+        assert self.engine is not None
         before = {k: v for k, v in self.engine.stats.items() if k.startswith("notices_")}
         reports = self.engine.on_notice(event)
         for key, value in self.engine.stats.items():
@@ -584,9 +861,8 @@ class EmbeddedService:
                 self.metrics.inc("notices_total", outcome=key[len("notices_"):])
         self.stats.notices += 1
         self._count(reports)
-        log.info("notice file %s: %s revision %d -> %d reports", item.path.name,
-                 event.event_id, event.revision, len(reports))
-        self.spool.complete(item)
+        log.info("notice %s: %s revision %d -> %d reports", event.source, event.event_id,
+                 event.revision, len(reports))
 
     def _alert_file(self, item) -> None:
         import json
