@@ -14,6 +14,11 @@ expanded), then :func:`listeners.parse_notice`. Refusals are logged with
 reason names; a refused message is skipped (its offset still committed), so one bad message
 never blocks the topic. Accepted events get ``source = "partner:<name> kafka:<t>/<p>/<o>"``,
 are recorded in the registry and handed to ``callback`` (e.g. ``engine.on_notice``).
+
+A message with header ``mmcross-kind: detections`` carries the partner's own transient
+detections instead (:mod:`listeners.partner_detections`, same signature, size cap and token
+bucket); accepted ones go to ``on_detections(partner, detections)`` (refused as
+``detections_not_enabled`` when none was given) and are counted as ``detections_accepted``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,12 @@ from confluent_kafka import Consumer, KafkaError, Message
 from lxml import etree
 
 from listeners.dispatch import parse_notice
+from listeners.partner_detections import (
+    KIND_DETECTIONS,
+    KIND_HEADER,
+    PartnerDetections,
+    accept_detections,
+)
 from listeners.partners import (
     PARTNER_HEADER,
     SIGNATURE_HEADER,
@@ -59,16 +70,21 @@ class PartnerKafkaConsumer:
         callback: called with each accepted :class:`Event`.
         options: keyword arguments of :func:`listeners.parse_notice`.
         lock: held around each ``callback`` call when given.
+        on_detections: called with ``(partner, PartnerDetections)`` for each accepted
+            detections message (header ``mmcross-kind: detections``), under ``lock``.
     """
 
     def __init__(self, kafka_config: Mapping[str, Any], topic: str, registry: PartnerRegistry,
                  callback: Callable[[Event], object], *, options: dict[str, Any] | None = None,
-                 lock: AbstractContextManager[Any] | None = None) -> None:
+                 lock: AbstractContextManager[Any] | None = None,
+                 on_detections: Callable[[str, PartnerDetections], object] | None = None
+                 ) -> None:
         conf = {"enable.auto.offset.store": False, "auto.offset.reset": "earliest",
                 **dict(kafka_config)}
         self.topic = topic
         self.registry = registry
         self.callback = callback
+        self.on_detections = on_detections
         self.options = dict(options or {})
         self.lock: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
         self.stats: Counter[str] = Counter()
@@ -81,7 +97,9 @@ class PartnerKafkaConsumer:
     def from_config(cls, config: Config, kafka_config: Mapping[str, Any],
                     callback: Callable[[Event], object], *,
                     registry: PartnerRegistry | None = None, topic: str | None = None,
-                    lock: AbstractContextManager[Any] | None = None) -> PartnerKafkaConsumer:
+                    lock: AbstractContextManager[Any] | None = None,
+                    on_detections: Callable[[str, PartnerDetections], object] | None = None
+                    ) -> PartnerKafkaConsumer:
         """Topic (unless given) and group from ``[submit.kafka]``, partners from
         ``[partners]``; ``kafka_config`` entries win over the configured group."""
         conf = {"group.id": str(config.get("submit.kafka.group_id",
@@ -89,7 +107,8 @@ class PartnerKafkaConsumer:
                 **dict(kafka_config)}
         return cls(conf, topic or str(config.get("submit.kafka.topic", DEFAULT_TOPIC)),
                    registry if registry is not None else PartnerRegistry.from_config(config),
-                   callback, options=notice_options(config), lock=lock)
+                   callback, options=notice_options(config), lock=lock,
+                   on_detections=on_detections)
 
     def poll(self, max_messages: int = 100, timeout: float = 0.0) -> list[Event]:
         """Handle up to ``max_messages`` submissions; returns the accepted events."""
@@ -110,6 +129,10 @@ class PartnerKafkaConsumer:
 
     def _handle(self, msg: Message) -> Event | None:
         where = f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
+        kind = _headers(msg).get(KIND_HEADER, b"").decode("utf-8", "replace").strip().lower()
+        if kind == KIND_DETECTIONS:
+            self._handle_detections(msg, where)
+            return None
         try:
             event, partner = self._check(msg, where)
         except SubmissionRefusedError as exc:
@@ -128,6 +151,31 @@ class PartnerKafkaConsumer:
         self.stats["accepted"] += 1
         log.info("accepted %s from partner %s at %s", event.event_id, partner, where)
         return event
+
+    def _handle_detections(self, msg: Message, where: str) -> None:
+        headers = _headers(msg)
+        name = (headers.get(PARTNER_HEADER) or msg.key() or b"").decode("utf-8", "replace")
+        try:
+            if self.on_detections is None:
+                raise SubmissionRefusedError("detections_not_enabled",
+                                             "detection streams are not enabled here")
+            detections = accept_detections(self.registry, name, msg.value() or b"",
+                                           headers.get(SIGNATURE_HEADER), where=where)
+        except SubmissionRefusedError as exc:
+            self.stats[exc.reason] += 1
+            self.stats["refused"] += 1
+            log.warning("refused partner detections at %s: %s", where, exc)
+            return
+        try:
+            with self.lock:
+                self.on_detections(detections.partner, detections)
+        except Exception:  # noqa: BLE001 - a failing consumer must not stop the topic
+            self.stats["callback_errors"] += 1
+            log.exception("detections callback failed for partner %s at %s", name, where)
+            return
+        self.stats["detections_accepted"] += 1
+        log.info("accepted %d detections from partner %s at %s", len(detections),
+                 detections.partner, where)
 
     def _check(self, msg: Message, where: str) -> tuple[Event, str]:
         headers = _headers(msg)

@@ -21,6 +21,7 @@ O((D + A) log A + candidates).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -177,6 +178,17 @@ class StreamMatch:
     def n_sigma(self) -> float:
         """Separation in units of the search radius (1.0 = at the edge)."""
         return self.separation_deg / self.radius_deg if self.radius_deg > 0 else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form; units in the key names (degrees, days)."""
+        return {"partner": self.partner, "detection_id": self.detection_id,
+                "alert_id": self.alert_id, "object_id": self.object_id,
+                "separation_deg": self.separation_deg, "radius_deg": self.radius_deg,
+                "time_offset_days": self.time_offset, "deltas": dict(self.deltas)}
+
+    def to_json(self) -> str:
+        """One line of JSON (:meth:`to_dict`)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
 
 
 def angular_separation_deg(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray,
