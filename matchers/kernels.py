@@ -56,7 +56,7 @@ def cell_pairs(start: np.ndarray, end: np.ndarray,
 def match_kernel(ipix: np.ndarray, mjd: np.ndarray, shift: int,
                  cell_ptr: np.ndarray, pair_event: np.ndarray, pair_lo: np.ndarray,
                  pair_hi: np.ndarray, tmin: np.ndarray, tmax: np.ndarray,
-                 active: np.ndarray, ranges: np.ndarray,
+                 active: np.ndarray, start: np.ndarray, log2_width: np.ndarray,
                  capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All (alert, event) pairs where the alert lies in a packed pixel of the event and
     inside the event's time window, with the number of that pixel.
@@ -72,8 +72,10 @@ def match_kernel(ipix: np.ndarray, mjd: np.ndarray, shift: int,
         pair_lo, pair_hi: int64 range of global pixel numbers of that event inside that cell.
         tmin, tmax: float64 per event, window ``tmin <= mjd <= tmax`` (MJD TAI).
         active: bool per event; inactive events are skipped.
-        ranges: int64 ``(npix, 2)``, order-29 ``[start, end)`` of every packed pixel (per
-            event sorted and disjoint).
+        start: int64 ``(npix,)``, first order-29 index of every packed pixel (per event
+            sorted; the pixels are disjoint).
+        log2_width: int8 ``(npix,)``, the pixel spans ``2**log2_width`` order-29 indices
+            (``2 * (29 - order)``), i.e. ``[start, start + 2**log2_width)``.
         capacity: initial size of the outputs (they grow by doubling when full).
 
     Returns:
@@ -97,12 +99,12 @@ def match_kernel(ipix: np.ndarray, mjd: np.ndarray, shift: int,
             b = pair_hi[p]
             while a < b:  # first pixel starting after x
                 mid = (a + b) >> 1
-                if ranges[mid, 0] <= x:
+                if start[mid] <= x:
                     a = mid + 1
                 else:
                     b = mid
             j = a - 1
-            if j < lo or x >= ranges[j, 1]:
+            if j < lo or x - start[j] >= (np.int64(1) << np.int64(log2_width[j])):
                 continue
             if m == cap:
                 cap *= 2

@@ -12,6 +12,10 @@ coarse cell lists the live events whose matchable pixels touch it (:class:`Packe
 time window filters those; a binary search in the event's pixels inside that cell finds the
 pixel, whose credible level, searched area, density and distance moments were precomputed
 when the event was packed. Packing is cached per (event_id, revision).
+
+Memory: once packed, the localization's credible-region caches are released
+(:meth:`~mmcross.localization.Localization.release_caches`), and once the concatenated
+:class:`PackedSky` is built each event keeps views into it rather than its own copy.
 """
 
 from __future__ import annotations
@@ -128,6 +132,9 @@ class Matcher:
             log.warning("event %s revision %d not matched: %s", event.event_id,
                         event.revision, exc)
             return None
+        finally:
+            # the greedy caches (32 bytes/pixel) are not needed once packed
+            event.localization.release_caches()
         log.debug("packed %s rev %d: %d pixels, %d cells", event.event_id, event.revision,
                   len(packed), len(packed.cells))
         return _Entry(event, packed)
@@ -173,6 +180,8 @@ class Matcher:
             self._tmax = np.array([t + w.after for t, w in zip(self._trigger, windows,
                                                                strict=True)], np.float64)
             self._sky = PackedSky([e.packed for e in entries], self.cell_order)
+            for k, entry in enumerate(entries):  # one copy of the pixels: views into the sky
+                entry.packed = self._sky.view(k)
             log.debug("packed sky: %d events, %d pixels, %.1f MB", self._sky.n_events,
                       self._sky.n_pixels, self._sky.nbytes / 1e6)
         return self._sky
@@ -193,14 +202,13 @@ class Matcher:
             ai, ei, pj = kernels.match_kernel(
                 pix[by_pixel], alerts.mjd_tai[by_pixel], sky.shift, sky.cell_ptr,
                 sky.pair_event, sky.pair_lo, sky.pair_hi, self._tmin, self._tmax, active,
-                sky.ranges, max(len(alerts), self._capacity_hint))
+                sky.start, sky.log2_width, max(len(alerts), self._capacity_hint))
             self._capacity_hint = int(1.25 * len(ai))
             ai = by_pixel[ai]
-            vals = sky.values[pj].T
+            columns = sky.gather(ei, pj)
         else:
             ai = ei = np.empty(0, np.int64)
-            vals = np.empty((len(VALUE_COLUMNS), 0))
-        columns = dict(zip(VALUE_COLUMNS, vals, strict=True))
+            columns = {name: np.empty(0) for name in VALUE_COLUMNS}
         dt = alerts.mjd_tai[ai] - self._trigger[ei]
         return MatchArrays(
             alert_index=ai, event_index=ei, event_ids=list(self._ids), time_offset=dt,

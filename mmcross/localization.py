@@ -157,15 +157,16 @@ class Localization:
             uniq, start, order = uniq[sort], start[sort], order[sort]
             for k in arrays:
                 arrays[k] = arrays[k][sort]
-        end = start + (np.int64(1) << (2 * (MAX_ORDER - order)))
-        overlap = start[1:] < end[:-1]
+        overlap = start[1:] < start[:-1] + (np.int64(1) << (2 * (MAX_ORDER - order[:-1])))
         if np.any(overlap):
             i = int(np.flatnonzero(overlap)[0])
             raise BadSkymapError(f"sky map pixels overlap: UNIQ {uniq[i]} and {uniq[i + 1]}")
+        del start, overlap, ipix
+        # Kept per pixel: uniq (int64), order (int8), densities (float64); order-29 ranges and
+        # the credible-region caches are derived on demand (see release_caches).
         self.uniq = uniq
-        self._start = start
-        self._end = end
-        self._order = order
+        self._order = order.astype(np.int8)
+        del order
         self.probdensity = arrays["probdensity"]
         self.distmu = arrays.get("distmu")
         self.distsigma = arrays.get("distsigma")
@@ -189,8 +190,8 @@ class Localization:
 
     @property
     def orders(self) -> np.ndarray:
-        """HEALPix order of each pixel (int64)."""
-        return self._order
+        """HEALPix order of each pixel (int64; a new array, stored as int8)."""
+        return self._order.astype(np.int64)
 
     @property
     def has_distance(self) -> bool:
@@ -210,8 +211,39 @@ class Localization:
         return self.probdensity * self.pixel_area_sr()
 
     def ranges29(self) -> tuple[np.ndarray, np.ndarray]:
-        """[start, end) order-29 NESTED ranges (int64) of each pixel, sorted, non-overlapping."""
-        return self._start, self._end
+        """[start, end) order-29 NESTED ranges (int64) of each pixel, sorted, non-overlapping.
+
+        Computed from ``uniq`` at each call (new arrays, 16 bytes per pixel)."""
+        start = self.starts29()
+        return start, start + self.widths29()
+
+    def starts29(self) -> np.ndarray:
+        """Start of the order-29 NESTED range (int64) of each pixel, ascending (computed)."""
+        shift = 2 * self._order.astype(np.int64)
+        return (self.uniq - (np.int64(4) << shift)) << (2 * MAX_ORDER - shift)
+
+    def widths29(self, index: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Number of order-29 pixels (int64) in pixels ``index`` (default all)."""
+        return np.int64(1) << (2 * (MAX_ORDER - self._order[index].astype(np.int64)))
+
+    def release_caches(self) -> None:
+        """Drop the derived per-pixel caches (greedy order, cumulative probability and area,
+        ties: 32 bytes per pixel). They are recomputed on the next credible-region call
+        (:meth:`credible_levels`, :meth:`area`, :meth:`region_mask`...). Results don't change."""
+        self._cache.clear()
+
+    @property
+    def cache_nbytes(self) -> int:
+        """Bytes held by the derived caches (0 after :meth:`release_caches`)."""
+        return sum(a.nbytes for v in self._cache.values()
+                   for a in (v if isinstance(v, tuple) else (v,)))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the per-pixel arrays held (pixels, densities, distance layers, caches)."""
+        arrays = [self.uniq, self._order, self.probdensity, self.distmu, self.distsigma,
+                  self.distnorm]
+        return sum(a.nbytes for a in arrays if a is not None) + self.cache_nbytes
 
     def __repr__(self) -> str:
         obj = self.meta.get("OBJECT") or self.meta.get("SHAPE") or "?"
@@ -288,8 +320,10 @@ class Localization:
         """Index (into ``uniq``) of the pixel holding each position (degrees ICRS), -1 where
         the map has no pixel."""
         p = radec_to_ipix29(ra, dec)
-        k = np.searchsorted(self._start, p, side="right") - 1
-        inside = (k >= 0) & (p < self._end[np.maximum(k, 0)])
+        start = self.starts29()
+        k = np.searchsorted(start, p, side="right") - 1
+        k0 = np.maximum(k, 0)
+        inside = (k >= 0) & (p - start[k0] < self.widths29(k0))
         return np.where(inside, k, -1)
 
     def density_at(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
@@ -308,9 +342,9 @@ class Localization:
         cum = np.cumsum(self.probabilities())
         k = np.searchsorted(cum, rng.random(n) * cum[-1], side="right")
         k = np.minimum(k, self.n_pixels - 1)
-        width = (self._end[k] - self._start[k]).astype(np.float64)
-        sub = self._start[k] + np.minimum((rng.random(n) * width).astype(np.int64),
-                                          self._end[k] - self._start[k] - 1)
+        width = self.widths29(k)
+        sub = self.starts29()[k] + np.minimum(
+            (rng.random(n) * width.astype(np.float64)).astype(np.int64), width - 1)
         ra, dec = hp.pix2ang(1 << MAX_ORDER, sub, nest=True, lonlat=True)
         return np.asarray(ra, np.float64), np.asarray(dec, np.float64)
 

@@ -307,3 +307,27 @@ def test_circle_with_bad_declination_refused():
         Localization.from_circle(10.0, 95.0, 1.0)
     with pytest.raises(BadCoordinatesError):
         Localization.from_circle(370.0, 0.0, 1.0)
+
+
+def test_released_caches_are_recomputed_identically(lvk):
+    """Dropping the credible-region caches frees memory and changes no result (reference:
+    ligo.skymap's crossmatch, as above, before and after the release)."""
+    path, _, table = lvk
+    loc = Localization.from_fits(path)  # a fresh map: the fixture's is shared
+    levels, areas = loc.credible_levels().copy(), loc.searched_areas_deg2().copy()
+    area90 = loc.area(0.9)
+    assert loc.cache_nbytes >= 32 * loc.n_pixels  # greedy order, 2 cumsums, tie ends
+    loc.release_caches()
+    assert loc.cache_nbytes == 0
+    # per pixel only uniq (8), order (1) and density (8) bytes stay, plus distance layers
+    assert loc.nbytes == 17 * loc.n_pixels + (24 * loc.n_pixels if loc.has_distance else 0)
+    assert loc.area(0.9) == area90
+    np.testing.assert_array_equal(loc.credible_levels(), levels)
+    np.testing.assert_array_equal(loc.searched_areas_deg2(), areas)
+    start, end = loc.ranges29()
+    ref_start, ref_end = uniq_to_ranges29(loc.uniq)
+    np.testing.assert_array_equal(start, ref_start)
+    np.testing.assert_array_equal(end, ref_end)
+    ra, dec = loc.sample(500, np.random.default_rng(2))
+    ref = crossmatch(table, SkyCoord(ra * u.deg, dec * u.deg))
+    np.testing.assert_allclose(loc.credible_level_at(ra, dec), ref.searched_prob, atol=1e-12)

@@ -369,3 +369,43 @@ def test_packed_sky_cell_index_covers_every_packed_pixel(maps):
         c = cells[k]
         pairs = range(sky.cell_ptr[c], sky.cell_ptr[c + 1])
         assert any(sky.pair_lo[p] <= k < sky.pair_hi[p] for p in pairs)
+
+
+def test_live_events_hold_one_compact_copy_of_their_pixels(maps, config):
+    """Steady state memory: 33 bytes per packed pixel (49 with distance), one copy shared by
+    the per-event packing and the concatenated sky, and no localization caches left."""
+    loc = maps["S230518h"][0]
+    circle = Localization.from_circle(30.0, 10.0, 1.0, 0.9)
+    m = Matcher(config)
+    m.set_events([gw_event("a", loc),
+                  Event("grb:c", EventKind.GRB, "GBM", T0, circle, revision=1)])
+    ra, dec = loc.sample(300, np.random.default_rng(5))
+    before = m.match_arrays(batch(ra, dec, T0.tai.mjd + 1))  # builds the sky
+    sky = m._sky
+    n_gw, n_grb = (len(m._entries[k].packed) for k in ("lvk:a", "grb:c"))
+    assert n_gw == int(np.sum(loc.credible_levels() <= CL))
+    assert n_grb == int(np.sum(circle.credible_levels() <= CL))
+    loc.release_caches()
+    circle.release_caches()
+    per_pixel = sky.start.nbytes + sky.log2_width.nbytes + sky.values.nbytes
+    assert per_pixel == 33 * (n_gw + n_grb)
+    assert sky.distance.nbytes == 16 * n_gw  # the circle stores no distance
+    for entry in m._entries.values():
+        for name in ("start", "log2_width", "credible_level", "distance_mean"):
+            a = getattr(entry.packed, name)
+            assert a.base is not None and a.nbytes < a.base.nbytes or a.strides == (0,)
+    assert loc.cache_nbytes == 0 and circle.cache_nbytes == 0  # released by the matcher
+    # the sky built from the views gives the same matches, values and distances
+    m.upsert(Event("grb:c", EventKind.GRB, "GBM", T0, circle, revision=1))
+    m._sky = None
+    after = m.match_arrays(batch(ra, dec, T0.tai.mjd + 1))
+    assert m._sky is not sky
+    for name in ("alert_index", "event_index", "credible_level", "searched_area",
+                 "prob_density", "distance_mean", "distance_std"):
+        np.testing.assert_array_equal(getattr(after, name), getattr(before, name))
+    assert np.all(np.isfinite(after.distance_mean[after.event_index == 0]))
+    end = sky.start + (np.int64(1) << sky.log2_width.astype(np.int64))
+    start29, end29 = loc.ranges29()
+    kept = loc.credible_levels() <= CL
+    np.testing.assert_array_equal(sky.start[:n_gw], start29[kept])
+    np.testing.assert_array_equal(end[:n_gw], end29[kept])
