@@ -256,3 +256,32 @@ def _delivery_key_of(msg) -> str:
     kind = "revoke" if headers.get("mmcross.retracted") == b"true" else "match"
     return f"{(msg.key() or b'').decode()}|{revision}|{kind}"
 
+
+
+class PartnerMatchSink:
+    """Partner stream matches (``matchers.partner_streams.StreamMatch``) to a Kafka topic.
+
+    Each match becomes one record through the shared :class:`AckedProducer` (so the service's
+    acknowledgement before committing its input offsets covers them too): key
+    ``partner|detection_id|alert_id``, value the match's JSON (``to_json()``, UTF-8).
+
+    Args:
+        producer: the service's acknowledged producer.
+        topic: ``[submit.kafka] stream_match_topic``.
+    """
+
+    def __init__(self, producer: AckedProducer, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.sent = 0
+
+    @staticmethod
+    def key(match: Any) -> str:
+        """``partner|detection_id|alert_id`` of one stream match."""
+        return f"{match.partner}|{match.detection_id}|{match.alert_id}"
+
+    def write(self, matches: Sequence[Any]) -> None:
+        """Queue one record per match (acknowledged by the producer's ``acknowledge``)."""
+        for m in matches:
+            self.producer.produce(self.topic, self.key(m).encode(), m.to_json().encode())
+        self.sent += len(matches)

@@ -12,6 +12,9 @@ A file in ``in/`` is handled once it has *settled* (same size and modification t
 Files are taken oldest first (modification time, then name). The kind of a file:
 
 * ``in/notices/...`` or ``in/alerts/...`` say it outright;
+* ``in/detections/<partner>/*.json``: a partner's own transient detections (kind
+  ``"detections"``, :func:`detections_partner` names the partner), trusted as local operator
+  input (no signature: whoever can write the spool can also edit the config);
 * else by suffix: ``.xml``, ``.json`` -> notice; ``.wires`` -> alerts; ``.avro`` -> alerts when
   it is a Confluent wire-format message or an Avro container of ``lsst.*``/``ztf.*`` alerts,
   else a notice (IGWN Avro notice).
@@ -26,9 +29,11 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 import fastavro
 
@@ -39,11 +44,13 @@ log = logging.getLogger(__name__)
 
 NOTICE_SUFFIXES = (".xml", ".json")
 IGNORED_SUFFIXES = (".tmp", ".part", ".reason.txt")
+DETECTIONS_DIR = "detections"
+PARTNER_MATCHES = "partner_matches.jsonl"
 
 
 @dataclass(frozen=True)
 class SpoolFile:
-    """One settled input file and its kind (``"notice"`` or ``"alerts"``)."""
+    """One settled input file and its kind (``"notice"``, ``"alerts"`` or ``"detections"``)."""
 
     path: Path
     kind: str
@@ -52,8 +59,10 @@ class SpoolFile:
 
 
 def classify(path: Path, inbox: Path) -> str:
-    """``"notice"`` or ``"alerts"`` for a file of ``inbox`` (see the module docstring)."""
+    """``"notice"``, ``"alerts"`` or ``"detections"`` for a file of ``inbox`` (module doc)."""
     rel = path.relative_to(inbox).parts
+    if len(rel) > 2 and rel[0] == DETECTIONS_DIR:
+        return "detections"
     if len(rel) > 1 and rel[0] in ("notices", "alerts"):
         return "notice" if rel[0] == "notices" else "alerts"
     suffix = path.suffix.lower()
@@ -156,3 +165,43 @@ class FileSpool:
         tmp.write_text(reason + "\n", encoding="utf-8")
         os.replace(tmp, reason_path)
         return target
+
+
+def detections_partner(item: SpoolFile, inbox: Path) -> str:
+    """The partner of a ``detections`` file: ``in/detections/<partner>/...``."""
+    return item.path.relative_to(inbox).parts[1]
+
+
+class PartnerMatchFile:
+    """Append partner stream matches to ``partner_matches.jsonl``, one JSON object per line
+    (the match's ``to_json()``), durably: flush + fsync per :meth:`write` call, as
+    :class:`brokers.reports.JsonLinesWriter` does for event matches.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close)
+        self.count = 0
+
+    def write(self, matches: Sequence[Any]) -> int:
+        """Append a batch of stream matches; returns how many were written."""
+        if not matches:
+            return 0
+        self._file.write("".join(m.to_json() + "\n" for m in matches))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.count += len(matches)
+        log.debug("appended %d partner matches to %s", len(matches), self.path)
+        return len(matches)
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self) -> PartnerMatchFile:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -12,6 +12,15 @@ broadcaster of counterpart and retraction VOEvents (an engine sink), GCN Classic
 and partner submissions over VTP and (Kafka mode) a Kafka topic. Their threads never call the
 engine: they queue parsed events on a :class:`NoticeInbox` that the loop drains each step.
 
+Partner detection streams (both modes, when a ``[partners.<name>.stream]`` rule exists): the
+detections (Kafka mode: signed messages with header ``mmcross-kind: detections`` on the partner
+topic; embedded mode: files in ``<spool>/in/detections/<partner>/``) are queued like events and
+matched by the loop against the engine's alert history, and every alert batch against the
+kept detections (:class:`matchers.partner_stream_matcher.PartnerStreamMatcher`). Matches go to
+``[submit.kafka] stream_match_topic`` through the acknowledged producer (Kafka mode; the
+partner topic's offsets are committed only after that acknowledgement) or to
+``<spool>/out/partner_matches.jsonl`` (embedded mode).
+
 Start-up restores the live events, their matches and the alert history from the store.
 Transport errors are logged and waited out with an exponential back-off (librdkafka
 reconnects by itself); SIGTERM/SIGINT finish the current batch and leave cleanly.
@@ -38,14 +47,17 @@ from brokers.kafka_config import (
     producer_config,
     reader_config,
 )
-from brokers.kafka_reports import AckedProducer, KafkaReportSink
+from brokers.kafka_reports import AckedProducer, KafkaReportSink, PartnerMatchSink
 from brokers.kafka_schemas import SchemaResolver
 from brokers.vtp import BroadcasterSettings, VTPBroadcaster
 from listeners.gcn_kafka import NoticeConsumer, ReceivedNotice
+from listeners.partner_detections import PartnerDetections
 from listeners.partner_kafka import PartnerKafkaConsumer
 from listeners.partners import PartnerRegistry
 from listeners.vtp import VTPListener
 from listeners.vtp_receiver import VTPReceiver
+from matchers.partner_stream_matcher import PartnerMatch, PartnerStreamMatcher
+from mmcross.alert import AlertBatch
 from mmcross.config import Config, notice_options
 from mmcross.engine import Engine
 from mmcross.errors import ConfigError, NotAnEventError
@@ -110,6 +122,9 @@ class ServiceStats:
 
     notices: int = 0
     notices_refused: int = 0
+    detections: int = 0
+    detections_refused: int = 0
+    partner_matches: int = 0
     alerts: int = 0
     reports: int = 0
     redelivered: int = 0
@@ -156,7 +171,9 @@ def declare_metrics(metrics: Metrics) -> Metrics:
             ("dead_letters_total", "Refused input messages, by error class."),
             ("notices_total", "GCN notices read, by outcome."),
             ("transport_errors_total", "Kafka transport errors seen."),
-            ("commits_total", "Input offset commits.")):
+            ("commits_total", "Input offset commits."),
+            ("partner_detections_total", "Partner stream detections accepted."),
+            ("partner_matches_total", "Partner detection / Rubin alert matches reported.")):
         metrics.counter(name, text)
     for name, text in (
             ("alerts_per_second", "Alerts read per second over the last 10 s."),
@@ -186,6 +203,8 @@ class TransportSettings:
 
     ``submit_wait``: ``[submit.vtp] ack_wait``, seconds a partner's VTP submission waits for the
     service loop to apply it before the ack (a nak after that; resubmitting is harmless).
+    ``stream_match_topic``: ``[submit.kafka] stream_match_topic``, where partner stream matches
+    go in Kafka mode.
     """
 
     broadcast: bool = False
@@ -193,6 +212,7 @@ class TransportSettings:
     submit_vtp: bool = False
     submit_kafka: bool = False
     submit_wait: float = 30.0
+    stream_match_topic: str = "mmcross.partner-matches"
 
     @classmethod
     def from_config(cls, config: Config) -> TransportSettings:
@@ -203,7 +223,9 @@ class TransportSettings:
                    gcn_vtp=tuple(str(s) for s in servers),
                    submit_vtp=bool(config.get("submit.vtp.enabled", False)),
                    submit_kafka=bool(config.get("submit.kafka.enabled", False)),
-                   submit_wait=float(config.get("submit.vtp.ack_wait", 30.0)))
+                   submit_wait=float(config.get("submit.vtp.ack_wait", 30.0)),
+                   stream_match_topic=str(config.get("submit.kafka.stream_match_topic",
+                                                     "mmcross.partner-matches")))
 
 
 class _Pending:
@@ -229,6 +251,11 @@ class NoticeInbox:
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self.wake = threading.Event()
         self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called (puts are refused)."""
+        return self._closed
 
     def put(self, event: Event, wait: float | None = None) -> None:
         """Queue ``event``; with ``wait`` (s), block until the loop applied it.
@@ -303,6 +330,12 @@ class Transports:
         self.listener: VTPListener | None = None
         self.receiver: VTPReceiver | None = None
         self.partner_kafka: PartnerKafkaConsumer | None = None
+        self.streams: PartnerStreamMatcher | None = None
+        if any(p.stream for p in self.registry.partners.values()):
+            self.streams = PartnerStreamMatcher(config, self.registry)
+            log.info("partner streams of %s", ", ".join(sorted(self.streams.rules)))
+        self._detections: queue.SimpleQueue[tuple[str, PartnerDetections]] = \
+            queue.SimpleQueue()
 
     def start(self, engine: Engine, kafka_props: Mapping[str, Any] | None = None) -> None:
         """Start every configured piece; the broadcaster joins ``engine.sinks``.
@@ -361,8 +394,12 @@ class Transports:
             if kafka_props is None:
                 log.warning("[submit.kafka] enabled is ignored without Kafka (embedded mode)")
             else:
+                # Offsets are committed by the loop (commit()) once what the submissions
+                # caused is acknowledged, not in the background.
                 self.partner_kafka = PartnerKafkaConsumer.from_config(
-                    self.config, kafka_props, self._partner_submission, registry=self.registry)
+                    self.config, {**dict(kafka_props), "enable.auto.commit": False},
+                    self._partner_submission, registry=self.registry,
+                    on_detections=self.put_detections if self.streams is not None else None)
 
     def _partner_submission(self, event: Event) -> None:
         # Record the owner before the engine sees the event, so that counterparts found at
@@ -374,11 +411,69 @@ class Transports:
         self.registry.restore([event])
         self.inbox.put(event, wait=self.settings.submit_wait)
 
-    def poll(self, apply: Callable[[Event], object], max_messages: int = 100) -> int:
-        """Read the partner topic (if any), then apply every queued event; returns how many."""
+    def put_detections(self, partner: str, detections: PartnerDetections) -> None:
+        """Queue accepted detections of ``partner`` for the loop (any thread).
+
+        Raises:
+            RuntimeError: the service is stopping or has no partner stream rule.
+        """
+        if self.streams is None:
+            raise RuntimeError("no partner has a stream rule")
+        if self.inbox.closed:
+            raise RuntimeError("the service is stopping")
+        self._detections.put((partner, detections))
+        self.inbox.wake.set()
+
+    def poll(self, apply: Callable[[Event], object],
+             apply_detections: Callable[[str, PartnerDetections], object] | None = None,
+             max_messages: int = 100) -> int:
+        """Read the partner topic (if any), apply every queued event, then (when
+        ``apply_detections`` is given) every queued detection payload; returns how many
+        inputs were handled (partner messages read, refused ones included, plus the queued
+        items applied)."""
+        read = 0
         if self.partner_kafka is not None:
+            before = self.partner_kafka.stats["messages"]
             self.partner_kafka.poll(max_messages, 0.0)
-        return self.inbox.drain(apply)
+            read = self.partner_kafka.stats["messages"] - before
+        n = self.inbox.drain(apply)
+        if apply_detections is not None:
+            while True:
+                try:
+                    partner, detections = self._detections.get_nowait()
+                except queue.Empty:
+                    break
+                try:
+                    apply_detections(partner, detections)
+                except Exception:  # noqa: BLE001 - one bad payload must not stop the loop
+                    log.exception("matching %d detections of partner %s failed",
+                                  len(detections), partner)
+                n += 1
+        return max(n, read)
+
+    def match_detections(self, engine: Engine, partner: str,
+                         detections: PartnerDetections) -> list[PartnerMatch]:
+        """New matches of ``detections`` with the alerts of ``engine.history`` that could
+        match them (the partner's time window); the detections are kept for later alerts."""
+        assert self.streams is not None
+        start, end = self.streams.history_window(partner, detections)
+        return self.streams.on_detections(partner, detections,
+                                          engine.history.between(start, end))
+
+    def match_alerts(self, batch: AlertBatch) -> list[PartnerMatch]:
+        """New matches of an alert batch (already given to the engine) with kept detections."""
+        return self.streams.on_alerts(batch) if self.streams is not None else []
+
+    def commit(self) -> None:
+        """Commit the partner topic's handled offsets (call after the acknowledgement)."""
+        if self.partner_kafka is None:
+            return
+        try:
+            self.partner_kafka.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("partner topic commit failed (%s): those messages will be read "
+                            "again", exc)
 
     def stop_inputs(self) -> None:
         """Stop the listener, the receiver and the partner consumer (not the broadcaster)."""
@@ -397,7 +492,7 @@ class Transports:
     def stats(self) -> dict[str, dict[str, int]]:
         """Counters of the running pieces (for logs and tests)."""
         out = {}
-        for name in ("broadcaster", "listener", "receiver", "partner_kafka"):
+        for name in ("broadcaster", "listener", "receiver", "partner_kafka", "streams"):
             piece = getattr(self, name)
             if piece is not None:
                 out[name] = dict(piece.stats)
@@ -443,6 +538,7 @@ class ListenService:
         self.sink: KafkaReportSink | None = None
         self.dead_letters: DeadLetters | None = None
         self._producer: Producer | None = None
+        self.partner_sink: PartnerMatchSink | None = None
         self.transports = Transports(config)
 
     # -- life cycle --------------------------------------------------------------------
@@ -459,6 +555,9 @@ class ListenService:
         acked = AckedProducer(self._producer)
         self.sink = KafkaReportSink(acked, s.report_topic, s.voevent_topic, self.store)
         self.dead_letters = DeadLetters(acked, s.dead_letter_topic)
+        if self.transports.streams is not None:
+            self.partner_sink = PartnerMatchSink(acked,
+                                                 self.transports.settings.stream_match_topic)
         self.engine = Engine(self.config, store=self.store, sinks=[self.sink])
         self._newest = newest_alert_mjd(self.store)
         prune_history(self.store, self.config, self._newest)
@@ -512,8 +611,8 @@ class ListenService:
         """Stop the VTP inputs, leave the consumer groups, flush the producer, close the
         store."""
         self.transports.stop_inputs()
-        if self.engine is not None:
-            self.transports.poll(self._apply_event)  # events already acknowledged upstream
+        if self.engine is not None:  # events already acknowledged upstream
+            self.transports.poll(self._apply_event, self._apply_detections)
         self.transports.inbox.close()
         for consumer in (self.notices, self.alerts):
             if consumer is not None:
@@ -543,13 +642,14 @@ class ListenService:
         notices = self.notices.poll(50, 0.0) if self.notices is not None else []
         for notice in notices:
             self._apply_notice(notice)
-        pushed = self.transports.poll(self._apply_event)
+        pushed = self.transports.poll(self._apply_event, self._apply_detections)
         polled = self.alerts.poll(self.settings.batch_size, self.settings.poll_timeout)
         for bad in polled.refused:
             self.dead_letters.send(bad.key, bad.value, bad.source, bad.error)
             self.metrics.inc("dead_letters_total", error=type(bad.error).__name__)
         if len(polled.batch):
             self._count_reports(self.engine.on_alerts(polled.batch))
+            self._report_partner_matches(self.transports.match_alerts(polled.batch))
             self.metrics.inc("alerts_total", len(polled.batch))
             newest = float(polled.batch.mjd_tai.max())
             self._newest = newest if self._newest is None else max(self._newest, newest)
@@ -574,6 +674,7 @@ class ListenService:
             self.alerts.commit(polled.offsets)
             if self.notices is not None:
                 self.notices.commit(notices)
+            self.transports.commit()
             self.stats.commits += 1
             self.metrics.inc("commits_total")
         except KafkaException as exc:
@@ -609,6 +710,23 @@ class ListenService:
         self._count_reports(reports)
         log.info("notice %s: %s revision %d -> %d reports", event.source, event.event_id,
                  event.revision, len(reports))
+
+    def _apply_detections(self, partner: str, detections: PartnerDetections) -> None:
+        """Match accepted partner detections against the alert history (loop thread)."""
+        assert self.engine is not None
+        self.stats.detections += len(detections)
+        self.metrics.inc("partner_detections_total", len(detections))
+        self._report_partner_matches(
+            self.transports.match_detections(self.engine, partner, detections))
+
+    def _report_partner_matches(self, matches: list[PartnerMatch]) -> None:
+        if not matches:
+            return
+        assert self.partner_sink is not None
+        self.partner_sink.write(matches)
+        self.stats.partner_matches += len(matches)
+        self.metrics.inc("partner_matches_total", len(matches))
+        log.info("%d partner stream matches to %s", len(matches), self.partner_sink.topic)
 
     # -- errors and back-off -----------------------------------------------------------
 
@@ -743,11 +861,12 @@ class EmbeddedService:
         self._newest: float | None = None
         self._last_prune = time.monotonic()
         self._dead_path = None
+        self.partner_matches = None
         self.transports = Transports(config)
 
     def start(self) -> None:
         from brokers.sinks import JsonLinesSink, VOEventDirectorySink
-        from brokers.spool import FileSpool
+        from brokers.spool import PARTNER_MATCHES, FileSpool, PartnerMatchFile
 
         sp = self.spool_settings
         self.metrics.set("start_unixtime", time.time())
@@ -756,6 +875,8 @@ class EmbeddedService:
                                                 self.metrics_host)
         self.spool = FileSpool(sp.directory, settle=sp.settle)
         self._dead_path = self.spool.out / "dead-letters.jsonl"
+        if self.transports.streams is not None and self.partner_matches is None:
+            self.partner_matches = PartnerMatchFile(self.spool.out / PARTNER_MATCHES)
         sinks = [JsonLinesSink(self.spool.out / "matches.jsonl"),
                  VOEventDirectorySink(self.spool.out / "voevents")]
         self.engine = Engine(self.config, store=self.store, sinks=sinks)
@@ -786,11 +907,14 @@ class EmbeddedService:
     def close(self) -> None:
         self.transports.stop_inputs()
         if self.engine is not None:
-            self.transports.poll(self._apply_event)
+            self.transports.poll(self._apply_event, self._apply_detections)
         self.transports.inbox.close()
         if self.engine is not None:
             self.engine.close()
             self.engine = None
+        if self.partner_matches is not None:
+            self.partner_matches.close()
+            self.partner_matches = None
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None
@@ -802,12 +926,14 @@ class EmbeddedService:
         """Apply the events pushed over VTP, then handle every settled file of the spool;
         returns how many inputs were handled."""
         assert self.spool is not None
-        n = self.transports.poll(self._apply_event)
+        n = self.transports.poll(self._apply_event, self._apply_detections)
         for item in self.spool.ready():
             if self._stop.is_set():
                 break
             if item.kind == "notice":
                 self._notice_file(item)
+            elif item.kind == "detections":
+                self._detections_file(item)
             else:
                 self._alert_file(item)
             n += 1
@@ -881,6 +1007,7 @@ class EmbeddedService:
                 if np.any(np.diff(order) != 1):
                     batch = batch.take(order)
             self._count(self.engine.on_alerts(batch))
+            self._report_partner_matches(self.transports.match_alerts(batch))
             n += len(batch)
             newest = float(batch.mjd_tai.max())
             self._newest = newest if self._newest is None else max(self._newest, newest)
@@ -902,3 +1029,53 @@ class EmbeddedService:
             return
         log.info("alert file %s: %d alerts (%d refused)", item.path.name, n, len(errors))
         self.spool.complete(item)
+
+    def _detections_file(self, item) -> None:
+        """A partner's detections dropped in ``in/detections/<partner>/`` (operator input:
+        no signature, no rate limit; the partner must exist and have a stream rule, and the
+        file is within its ``max_bytes``)."""
+        from brokers.spool import detections_partner
+        from listeners.partner_detections import parse_detections
+        from listeners.partners import SubmissionRefusedError
+
+        assert self.spool is not None
+        partner = detections_partner(item, self.spool.inbox)
+        try:
+            p = self.transports.registry.partners.get(partner)
+            if p is None:
+                raise SubmissionRefusedError("unknown_partner",
+                                             f"no [partners.{partner}] is configured")
+            if not p.stream or self.transports.streams is None:
+                raise SubmissionRefusedError("no_stream_rule",
+                                             f"partner {partner!r} has no [partners.{partner}"
+                                             ".stream] rule")
+            if item.size > p.max_bytes:
+                raise SubmissionRefusedError("oversized", f"{item.size} bytes exceed partner "
+                                             f"{partner!r}'s max_bytes of {p.max_bytes}")
+            detections = parse_detections(item.path.read_bytes(), partner,
+                                          where=str(item.path))
+        except (SubmissionRefusedError, OSError) as exc:
+            self.stats.detections_refused += 1
+            self.metrics.inc("dead_letters_total", error=type(exc).__name__)
+            log.warning("detections file %s refused: %s", item.path, exc)
+            self.spool.fail(item, f"{getattr(exc, 'reason', type(exc).__name__)}: {exc}")
+            return
+        self._apply_detections(partner, detections)
+        self.spool.complete(item)
+
+    def _apply_detections(self, partner: str, detections: PartnerDetections) -> None:
+        """Match accepted partner detections against the alert history."""
+        assert self.engine is not None
+        self.stats.detections += len(detections)
+        self.metrics.inc("partner_detections_total", len(detections))
+        self._report_partner_matches(
+            self.transports.match_detections(self.engine, partner, detections))
+
+    def _report_partner_matches(self, matches: list[PartnerMatch]) -> None:
+        if not matches:
+            return
+        assert self.partner_matches is not None
+        self.partner_matches.write(matches)
+        self.stats.partner_matches += len(matches)
+        self.metrics.inc("partner_matches_total", len(matches))
+        log.info("%d partner stream matches to %s", len(matches), self.partner_matches.path)
