@@ -202,7 +202,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
     import signal
 
     from brokers.kafka_config import kafka_configured
-    from mmcross.service import EmbeddedService, ListenService
+    from mmcross.embedded import EmbeddedService
+    from mmcross.service import ListenService
 
     config = Config.load(args.config, overrides=_listen_overrides(args))
     overrides = {"bootstrap.servers": args.bootstrap_servers}

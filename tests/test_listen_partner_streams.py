@@ -211,7 +211,7 @@ def _drop(inbox: Path, name: str, data: bytes) -> None:
 
 
 def test_embedded_spool_reports_partner_stream_matches_once(tmp_path: Path) -> None:
-    from mmcross.service import EmbeddedService
+    from mmcross.embedded import EmbeddedService
 
     spool = tmp_path / "spool"
     cfg = tmp_path / "c.toml"

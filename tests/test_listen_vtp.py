@@ -428,7 +428,7 @@ def test_kafka_mode_partner_topic_and_vtp_submissions_reach_the_partner_subscrip
 
 def test_listen_flags_turn_the_transport_pieces_on_and_config_leaves_them_off():
     from mmcross.cli import _listen_overrides, build_parser
-    from mmcross.service import TransportSettings
+    from mmcross.transports import TransportSettings
 
     def settings(*argv: str) -> tuple[TransportSettings, Config]:
         args = build_parser().parse_args(["listen", *argv])

@@ -87,7 +87,7 @@ def scenario(shared_file):
 
 def test_embedded_spool_reports_each_match_once_and_survives_restart(
         scenario: dict, tmp_path: Path) -> None:
-    from mmcross.service import EmbeddedService
+    from mmcross.embedded import EmbeddedService
 
     spool = tmp_path / "spool"
     config = Config.load(_config(tmp_path / "c.toml", spool))
@@ -185,7 +185,7 @@ def test_mmcross_listen_without_kafka_runs_on_the_spool(scenario: dict, tmp_path
 
 def test_stored_alert_history_is_pruned_to_the_longest_window_at_start(
         tmp_path: Path) -> None:
-    from mmcross.service import EmbeddedService
+    from mmcross.embedded import EmbeddedService
 
     spool = tmp_path / "spool"
     config = Config.load(_config(tmp_path / "c.toml", spool))
@@ -210,7 +210,7 @@ def test_stored_alert_history_is_pruned_to_the_longest_window_at_start(
 
 
 def test_alert_history_is_pruned_periodically_while_running(tmp_path: Path) -> None:
-    from mmcross.service import EmbeddedService
+    from mmcross.embedded import EmbeddedService
     from mmcross.simulate import simulate_night
 
     spool = tmp_path / "spool"

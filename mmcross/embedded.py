@@ -1,0 +1,310 @@
+"""``mmcross listen`` without Kafka: SQLite plus a file spool.
+
+Notice and alert files dropped in ``<spool>/in`` are processed once each (moved to ``done/``
+or, with the reason, ``failed/``); reports go to ``<spool>/out`` as JSON Lines and VOEvent
+files, partner detection files in ``<spool>/in/detections/<partner>/`` are matched too.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from listeners.partner_detections import PartnerDetections
+from matchers.partner_stream_matcher import PartnerMatch
+from mmcross.config import Config, notice_options
+from mmcross.engine import Engine
+from mmcross.errors import NotAnEventError
+from mmcross.event import Event
+from mmcross.metrics import Metrics, MetricsServer, RateMeter
+from mmcross.service_state import (
+    ServiceStats,
+    declare_metrics,
+    newest_alert_mjd,
+    prune_history,
+)
+from mmcross.transports import Transports
+
+if TYPE_CHECKING:
+    from catalogs import Store
+
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SpoolSettings:
+    """``[spool]``: the spool directory (in/, done/, failed/, out/) and its timing (s)."""
+
+    directory: str = "mmcross-spool"
+    settle: float = 0.5
+    poll_interval: float = 1.0
+    chunk: int = 20_000
+
+    @classmethod
+    def from_config(cls, config: Config) -> SpoolSettings:
+        sp = config.get("spool", {}) or {}
+        return cls(**{name: type(getattr(cls, name))(sp[name]) for name in (
+            "directory", "settle", "poll_interval", "chunk") if name in sp})
+
+
+class EmbeddedService:
+    """``mmcross listen`` without Kafka: a file spool in, JSON Lines and VOEvent files out.
+
+    Notice files and alert files (wire streams, wire-format messages, Avro containers) dropped
+    into ``<spool>/in`` are handled once each, oldest first, then moved to ``<spool>/done``
+    (refused files to ``<spool>/failed`` with the reason). Reports go to
+    ``<spool>/out/matches.jsonl`` and ``<spool>/out/voevents/``; refused alert packets to
+    ``<spool>/out/dead-letters.jsonl``. Events, matches and alert history are in the store,
+    so a restart goes on where it stopped (a file read twice adds no report).
+
+    Args:
+        config: merged configuration (``[spool]``, ``[service]``, ``[metrics]``).
+        store: the store.
+        spool_dir: overrides ``[spool] directory``.
+        metrics_port: overrides ``[metrics] port`` (-1 off, 0 any free port).
+    """
+
+    def __init__(self, config: Config, store: Store, *, spool_dir: str | None = None,
+                 metrics_port: int | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.spool_settings = SpoolSettings.from_config(config)
+        if spool_dir:
+            self.spool_settings.directory = str(spool_dir)
+        m = config.get("metrics", {}) or {}
+        self.metrics_port = int(m.get("port", -1)) if metrics_port is None else metrics_port
+        self.metrics_host = str(m.get("host", "127.0.0.1"))
+        self.prune_interval = float((config.get("service", {}) or {}).get(
+            "prune_interval", 3600.0))
+        self.metrics = declare_metrics(Metrics())
+        self.metrics_server: MetricsServer | None = None
+        self.stats = ServiceStats()
+        self.engine: Engine | None = None
+        self.spool = None
+        self._stop = threading.Event()
+        self._rate = RateMeter(10.0)
+        self._newest: float | None = None
+        self._last_prune = time.monotonic()
+        self._dead_path = None
+        self.partner_matches = None
+        self.transports = Transports(config)
+
+    def start(self) -> None:
+        from brokers.sinks import JsonLinesSink, VOEventDirectorySink
+        from brokers.spool import PARTNER_MATCHES, FileSpool, PartnerMatchFile
+
+        sp = self.spool_settings
+        self.metrics.set("start_unixtime", time.time())
+        if self.metrics_port >= 0 and self.metrics_server is None:
+            self.metrics_server = MetricsServer(self.metrics, self.metrics_port,
+                                                self.metrics_host)
+        self.spool = FileSpool(sp.directory, settle=sp.settle)
+        self._dead_path = self.spool.out / "dead-letters.jsonl"
+        if self.transports.streams is not None and self.partner_matches is None:
+            self.partner_matches = PartnerMatchFile(self.spool.out / PARTNER_MATCHES)
+        sinks = [JsonLinesSink(self.spool.out / "matches.jsonl"),
+                 VOEventDirectorySink(self.spool.out / "voevents")]
+        self.engine = Engine(self.config, store=self.store, sinks=sinks)
+        self._newest = newest_alert_mjd(self.store)
+        prune_history(self.store, self.config, self._newest)
+        self.engine.restore()
+        self.transports.start(self.engine)
+        log.info("embedded mode (no Kafka configured): watching %s, reports to %s; "
+                 "%d live events", self.spool.inbox, self.spool.out, len(self.engine.index))
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current file (signal-handler safe)."""
+        self._stop.set()
+        self.transports.inbox.wake.set()
+
+    def run(self) -> ServiceStats:
+        wake = self.transports.inbox.wake
+        try:
+            self.start()
+            while not self._stop.is_set():
+                wake.clear()  # a put after this wakes the wait below at once
+                if self.step() == 0:
+                    wake.wait(self.spool_settings.poll_interval)
+        finally:
+            self.close()
+        return self.stats
+
+    def close(self) -> None:
+        self.transports.stop_inputs()
+        if self.engine is not None:
+            self.transports.poll(self._apply_event, self._apply_detections)
+        self.transports.inbox.close()
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+        if self.partner_matches is not None:
+            self.partner_matches.close()
+            self.partner_matches = None
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+        log.info("stopped: %d notices (%d refused), %d alerts, %d reports",
+                 self.stats.notices, self.stats.notices_refused, self.stats.alerts,
+                 self.stats.reports)
+
+    def step(self) -> int:
+        """Apply the events pushed over VTP, then handle every settled file of the spool;
+        returns how many inputs were handled."""
+        assert self.spool is not None
+        n = self.transports.poll(self._apply_event, self._apply_detections)
+        for item in self.spool.ready():
+            if self._stop.is_set():
+                break
+            if item.kind == "notice":
+                self._notice_file(item)
+            elif item.kind == "detections":
+                self._detections_file(item)
+            else:
+                self._alert_file(item)
+            n += 1
+        self.metrics.set("alerts_per_second", self._rate.rate(time.monotonic()))
+        if self.engine is not None:
+            self.metrics.set("live_events", len(self.engine.index))
+        self.metrics.set("consumer_lag", self.spool.pending())
+        if self.prune_interval > 0 and time.monotonic() - self._last_prune >= self.prune_interval:
+            self._last_prune = time.monotonic()
+            prune_history(self.store, self.config, self._newest)
+        return n
+
+    def _count(self, reports: list) -> None:
+        self.stats.reports += len(reports)
+        revoked = sum(1 for m in reports if m.retracted)
+        self.metrics.inc("matches_total", len(reports) - revoked)
+        self.metrics.inc("revocations_total", revoked)
+        self.metrics.inc("reports_delivered_total", len(reports))  # file sinks are synchronous
+
+    def _notice_file(self, item) -> None:
+        from listeners import parse_notice
+        from mmcross.errors import MmcrossError
+
+        assert self.engine is not None and self.spool is not None
+        try:
+            event = parse_notice(item.path.read_bytes(), source=str(item.path),
+                                 **notice_options(self.config))
+        except NotAnEventError as exc:
+            self.stats.notices_refused += 1
+            self.metrics.inc("notices_total", outcome="not_an_event")
+            log.info("notice file %s is not an event: %s", item.path, exc)
+            self.spool.complete(item)
+            return
+        except (MmcrossError, OSError) as exc:
+            self.stats.notices_refused += 1
+            self.metrics.inc("notices_total", outcome="refused")
+            self.metrics.inc("dead_letters_total", error=type(exc).__name__)
+            log.warning("notice file %s refused: %s", item.path, exc)
+            self.spool.fail(item, f"{type(exc).__name__}: {exc}")
+            return
+        self._apply_event(event)
+        self.spool.complete(item)
+
+    def _apply_event(self, event: Event) -> None:
+        """Apply one parsed notice (a spool file, GCN VTP or a partner)."""
+        assert self.engine is not None
+        before = {k: v for k, v in self.engine.stats.items() if k.startswith("notices_")}
+        reports = self.engine.on_notice(event)
+        for key, value in self.engine.stats.items():
+            if key.startswith("notices_") and value > before.get(key, 0):
+                self.metrics.inc("notices_total", outcome=key[len("notices_"):])
+        self.stats.notices += 1
+        self._count(reports)
+        log.info("notice %s: %s revision %d -> %d reports", event.source, event.event_id,
+                 event.revision, len(reports))
+
+    def _alert_file(self, item) -> None:
+        import json
+
+        import numpy as np
+
+        from brokers.alert_files import iter_alert_batches
+
+        assert self.engine is not None and self.spool is not None
+        errors: list[Exception] = []
+        n = 0
+        for batch in iter_alert_batches([item.path], chunk=self.spool_settings.chunk,
+                                        on_error=errors.append):
+            if len(batch) > 1:
+                order = np.argsort(batch.mjd_tai, kind="stable")
+                if np.any(np.diff(order) != 1):
+                    batch = batch.take(order)
+            self._count(self.engine.on_alerts(batch))
+            self._report_partner_matches(self.transports.match_alerts(batch))
+            n += len(batch)
+            newest = float(batch.mjd_tai.max())
+            self._newest = newest if self._newest is None else max(self._newest, newest)
+            self.metrics.inc("alerts_total", len(batch))
+            self.metrics.set("last_alert_mjd_tai", self._newest)
+            self.metrics.set("last_alert_unixtime", time.time())
+            self._rate.add(len(batch), time.monotonic())
+        self.stats.alerts += n
+        if errors:
+            with open(self._dead_path, "a", encoding="utf-8") as f:
+                for exc in errors:
+                    f.write(json.dumps({"file": str(item.path.name), "error": type(exc).__name__,
+                                        "reason": str(exc)}) + "\n")
+            for exc in errors:
+                self.metrics.inc("dead_letters_total", error=type(exc).__name__)
+        if n == 0 and errors:
+            self.spool.fail(item, "; ".join(str(e) for e in errors[:10]))
+            log.warning("alert file %s refused: %s", item.path, errors[0])
+            return
+        log.info("alert file %s: %d alerts (%d refused)", item.path.name, n, len(errors))
+        self.spool.complete(item)
+
+    def _detections_file(self, item) -> None:
+        """A partner's detections dropped in ``in/detections/<partner>/`` (operator input:
+        no signature, no rate limit; the partner must exist and have a stream rule, and the
+        file is within its ``max_bytes``)."""
+        from brokers.spool import detections_partner
+        from listeners.partner_detections import parse_detections
+        from listeners.partners import SubmissionRefusedError
+
+        assert self.spool is not None
+        partner = detections_partner(item, self.spool.inbox)
+        try:
+            p = self.transports.registry.partners.get(partner)
+            if p is None:
+                raise SubmissionRefusedError("unknown_partner",
+                                             f"no [partners.{partner}] is configured")
+            if not p.stream or self.transports.streams is None:
+                raise SubmissionRefusedError("no_stream_rule",
+                                             f"partner {partner!r} has no [partners.{partner}"
+                                             ".stream] rule")
+            if item.size > p.max_bytes:
+                raise SubmissionRefusedError("oversized", f"{item.size} bytes exceed partner "
+                                             f"{partner!r}'s max_bytes of {p.max_bytes}")
+            detections = parse_detections(item.path.read_bytes(), partner,
+                                          where=str(item.path))
+        except (SubmissionRefusedError, OSError) as exc:
+            self.stats.detections_refused += 1
+            self.metrics.inc("dead_letters_total", error=type(exc).__name__)
+            log.warning("detections file %s refused: %s", item.path, exc)
+            self.spool.fail(item, f"{getattr(exc, 'reason', type(exc).__name__)}: {exc}")
+            return
+        self._apply_detections(partner, detections)
+        self.spool.complete(item)
+
+    def _apply_detections(self, partner: str, detections: PartnerDetections) -> None:
+        """Match accepted partner detections against the alert history."""
+        assert self.engine is not None
+        self.stats.detections += len(detections)
+        self.metrics.inc("partner_detections_total", len(detections))
+        self._report_partner_matches(
+            self.transports.match_detections(self.engine, partner, detections))
+
+    def _report_partner_matches(self, matches: list[PartnerMatch]) -> None:
+        if not matches:
+            return
+        assert self.partner_matches is not None
+        self.partner_matches.write(matches)
+        self.stats.partner_matches += len(matches)
+        self.metrics.inc("partner_matches_total", len(matches))
+        log.info("%d partner stream matches to %s", len(matches), self.partner_matches.path)
