@@ -136,3 +136,39 @@ def group_by_cell(cells: np.ndarray, ncell: int) -> tuple[np.ndarray, np.ndarray
         order[fill[c]] = k
         fill[c] += 1
     return ptr, order
+
+
+@njit(cache=True)
+def gather_kernel(event: np.ndarray, row: np.ndarray, values: np.ndarray,
+                  distance: np.ndarray, distance_offset: np.ndarray,
+                  pixel_offset: np.ndarray) -> np.ndarray:
+    """Per-pixel values of matched rows in one pass.
+
+    Args:
+        event, row: int64 event number and global pixel row of each match.
+        values: float64 ``(npix, 3)`` credible level, searched area (deg^2), density (per deg^2).
+        distance: float64 ``(ndist, 2)`` conditional distance mean and std (Mpc) of the events
+            that have distance layers; ``distance_offset[e]`` is event ``e``'s first row there
+            (-1 when it has none) and ``pixel_offset[e]`` its first global pixel row.
+
+    Returns:
+        float64 ``(5, nmatch)``: credible level, searched area, density, distance mean and std
+        (NaN without distance).
+    """
+    n = row.shape[0]
+    out = np.empty((5, n), np.float64)
+    for k in range(n):
+        j = row[k]
+        out[0, k] = values[j, 0]
+        out[1, k] = values[j, 1]
+        out[2, k] = values[j, 2]
+        e = event[k]
+        off = distance_offset[e]
+        if off >= 0:
+            r = off + j - pixel_offset[e]
+            out[3, k] = distance[r, 0]
+            out[4, k] = distance[r, 1]
+        else:
+            out[3, k] = np.nan
+            out[4, k] = np.nan
+    return out

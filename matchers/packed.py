@@ -260,17 +260,10 @@ class PackedSky:
     def gather(self, event: np.ndarray, row: np.ndarray) -> dict[str, np.ndarray]:
         """The :data:`VALUE_COLUMNS` (new float64 arrays) of global pixel rows ``row``
         belonging to events ``event`` (distance NaN for events without distance)."""
-        event = np.asarray(event, np.int64)
-        row = np.asarray(row, np.int64)
-        vals = self.values[row].T
-        out = dict(zip(_SKY_COLUMNS, vals, strict=True))
-        offset = self.distance_offset[event]
-        has = offset >= 0
-        d = np.full((len(row), 2), np.nan)
-        if has.any():
-            d[has] = self.distance[(offset + row - self.pixel_offset[event])[has]]
-        out["distance_mean"], out["distance_std"] = d[:, 0], d[:, 1]
-        return out
+        out = kernels.gather_kernel(np.asarray(event, np.int64), np.asarray(row, np.int64),
+                                    self.values, self.distance, self.distance_offset,
+                                    self.pixel_offset)
+        return dict(zip(VALUE_COLUMNS, out, strict=True))
 
     def view(self, e: int) -> PackedLocalization:
         """Event ``e``'s packed pixels as views into this sky's arrays (no copy)."""
