@@ -13,14 +13,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from listeners.partner_detections import PartnerDetections
-from matchers.partner_stream_matcher import PartnerMatch
 from mmcross.config import Config, notice_options
 from mmcross.engine import Engine
 from mmcross.errors import NotAnEventError
-from mmcross.event import Event
 from mmcross.metrics import Metrics, MetricsServer, RateMeter
 from mmcross.service_state import (
+    EngineLoop,
     ServiceStats,
     declare_metrics,
     newest_alert_mjd,
@@ -51,7 +49,7 @@ class SpoolSettings:
             "directory", "settle", "poll_interval", "chunk") if name in sp})
 
 
-class EmbeddedService:
+class EmbeddedService(EngineLoop):
     """``mmcross listen`` without Kafka: a file spool in, JSON Lines and VOEvent files out.
 
     Notice files and alert files (wire streams, wire-format messages, Avro containers) dropped
@@ -67,6 +65,8 @@ class EmbeddedService:
         spool_dir: overrides ``[spool] directory``.
         metrics_port: overrides ``[metrics] port`` (-1 off, 0 any free port).
     """
+
+    reports_delivered_on_write = True  # file sinks write synchronously
 
     def __init__(self, config: Config, store: Store, *, spool_dir: str | None = None,
                  metrics_port: int | None = None) -> None:
@@ -90,7 +90,7 @@ class EmbeddedService:
         self._newest: float | None = None
         self._last_prune = time.monotonic()
         self._dead_path = None
-        self.partner_matches = None
+        self.partner_out = None
         self.transports = Transports(config)
 
     def start(self) -> None:
@@ -104,8 +104,8 @@ class EmbeddedService:
                                                 self.metrics_host)
         self.spool = FileSpool(sp.directory, settle=sp.settle)
         self._dead_path = self.spool.out / "dead-letters.jsonl"
-        if self.transports.streams is not None and self.partner_matches is None:
-            self.partner_matches = PartnerMatchFile(self.spool.out / PARTNER_MATCHES)
+        if self.transports.streams is not None and self.partner_out is None:
+            self.partner_out = PartnerMatchFile(self.spool.out / PARTNER_MATCHES)
         sinks = [JsonLinesSink(self.spool.out / "matches.jsonl"),
                  VOEventDirectorySink(self.spool.out / "voevents")]
         self.engine = Engine(self.config, store=self.store, sinks=sinks)
@@ -141,9 +141,9 @@ class EmbeddedService:
         if self.engine is not None:
             self.engine.close()
             self.engine = None
-        if self.partner_matches is not None:
-            self.partner_matches.close()
-            self.partner_matches = None
+        if self.partner_out is not None:
+            self.partner_out.close()
+            self.partner_out = None
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None
@@ -175,13 +175,6 @@ class EmbeddedService:
             prune_history(self.store, self.config, self._newest)
         return n
 
-    def _count(self, reports: list) -> None:
-        self.stats.reports += len(reports)
-        revoked = sum(1 for m in reports if m.retracted)
-        self.metrics.inc("matches_total", len(reports) - revoked)
-        self.metrics.inc("revocations_total", revoked)
-        self.metrics.inc("reports_delivered_total", len(reports))  # file sinks are synchronous
-
     def _notice_file(self, item) -> None:
         from listeners import parse_notice
         from mmcross.errors import MmcrossError
@@ -206,19 +199,6 @@ class EmbeddedService:
         self._apply_event(event)
         self.spool.complete(item)
 
-    def _apply_event(self, event: Event) -> None:
-        """Apply one parsed notice (a spool file, GCN VTP or a partner)."""
-        assert self.engine is not None
-        before = {k: v for k, v in self.engine.stats.items() if k.startswith("notices_")}
-        reports = self.engine.on_notice(event)
-        for key, value in self.engine.stats.items():
-            if key.startswith("notices_") and value > before.get(key, 0):
-                self.metrics.inc("notices_total", outcome=key[len("notices_"):])
-        self.stats.notices += 1
-        self._count(reports)
-        log.info("notice %s: %s revision %d -> %d reports", event.source, event.event_id,
-                 event.revision, len(reports))
-
     def _alert_file(self, item) -> None:
         import json
 
@@ -235,7 +215,7 @@ class EmbeddedService:
                 order = np.argsort(batch.mjd_tai, kind="stable")
                 if np.any(np.diff(order) != 1):
                     batch = batch.take(order)
-            self._count(self.engine.on_alerts(batch))
+            self._count_reports(self.engine.on_alerts(batch))
             self._report_partner_matches(self.transports.match_alerts(batch))
             n += len(batch)
             newest = float(batch.mjd_tai.max())
@@ -292,19 +272,3 @@ class EmbeddedService:
         self._apply_detections(partner, detections)
         self.spool.complete(item)
 
-    def _apply_detections(self, partner: str, detections: PartnerDetections) -> None:
-        """Match accepted partner detections against the alert history."""
-        assert self.engine is not None
-        self.stats.detections += len(detections)
-        self.metrics.inc("partner_detections_total", len(detections))
-        self._report_partner_matches(
-            self.transports.match_detections(self.engine, partner, detections))
-
-    def _report_partner_matches(self, matches: list[PartnerMatch]) -> None:
-        if not matches:
-            return
-        assert self.partner_matches is not None
-        self.partner_matches.write(matches)
-        self.stats.partner_matches += len(matches)
-        self.metrics.inc("partner_matches_total", len(matches))
-        log.info("%d partner stream matches to %s", len(matches), self.partner_matches.path)

@@ -41,14 +41,12 @@ from brokers.kafka_config import (
 from brokers.kafka_reports import AckedProducer, KafkaReportSink, PartnerMatchSink
 from brokers.kafka_schemas import SchemaResolver
 from listeners.gcn_kafka import NoticeConsumer, ReceivedNotice
-from listeners.partner_detections import PartnerDetections
-from matchers.partner_stream_matcher import PartnerMatch
 from mmcross.config import Config, notice_options
 from mmcross.engine import Engine
 from mmcross.errors import ConfigError, NotAnEventError
-from mmcross.event import Event
 from mmcross.metrics import Metrics, MetricsServer, RateMeter
 from mmcross.service_state import (
+    EngineLoop,
     ServiceStats,
     declare_metrics,
     newest_alert_mjd,
@@ -109,7 +107,7 @@ class ServiceSettings:
             metrics_host=str((config.get("metrics", {}) or {}).get("host", "127.0.0.1")))
 
 
-class ListenService:
+class ListenService(EngineLoop):
     """The live service. Call :meth:`run` (blocks until :meth:`stop`), or :meth:`start`,
     :meth:`step` and :meth:`close` to drive it by hand.
 
@@ -148,7 +146,7 @@ class ListenService:
         self.sink: KafkaReportSink | None = None
         self.dead_letters: DeadLetters | None = None
         self._producer: Producer | None = None
-        self.partner_sink: PartnerMatchSink | None = None
+        self.partner_out: PartnerMatchSink | None = None
         self.transports = Transports(config)
 
     # -- life cycle --------------------------------------------------------------------
@@ -166,7 +164,7 @@ class ListenService:
         self.sink = KafkaReportSink(acked, s.report_topic, s.voevent_topic, self.store)
         self.dead_letters = DeadLetters(acked, s.dead_letter_topic)
         if self.transports.streams is not None:
-            self.partner_sink = PartnerMatchSink(acked,
+            self.partner_out = PartnerMatchSink(acked,
                                                  self.transports.settings.stream_match_topic)
         self.engine = Engine(self.config, store=self.store, sinks=[self.sink])
         self._newest = newest_alert_mjd(self.store)
@@ -308,36 +306,6 @@ class ListenService:
         assert notice.event is not None
         self._apply_event(notice.event)
 
-    def _apply_event(self, event: Event) -> None:
-        """Apply one parsed notice (Kafka, GCN VTP or a partner) in the loop's thread."""
-        assert self.engine is not None
-        before = {k: v for k, v in self.engine.stats.items() if k.startswith("notices_")}
-        reports = self.engine.on_notice(event)
-        for key, value in self.engine.stats.items():
-            if key.startswith("notices_") and value > before.get(key, 0):
-                self.metrics.inc("notices_total", outcome=key[len("notices_"):])
-        self.stats.notices += 1
-        self._count_reports(reports)
-        log.info("notice %s: %s revision %d -> %d reports", event.source, event.event_id,
-                 event.revision, len(reports))
-
-    def _apply_detections(self, partner: str, detections: PartnerDetections) -> None:
-        """Match accepted partner detections against the alert history (loop thread)."""
-        assert self.engine is not None
-        self.stats.detections += len(detections)
-        self.metrics.inc("partner_detections_total", len(detections))
-        self._report_partner_matches(
-            self.transports.match_detections(self.engine, partner, detections))
-
-    def _report_partner_matches(self, matches: list[PartnerMatch]) -> None:
-        if not matches:
-            return
-        assert self.partner_sink is not None
-        self.partner_sink.write(matches)
-        self.stats.partner_matches += len(matches)
-        self.metrics.inc("partner_matches_total", len(matches))
-        log.info("%d partner stream matches to %s", len(matches), self.partner_sink.topic)
-
     # -- errors and back-off -----------------------------------------------------------
 
     def _on_error(self, err: KafkaError) -> None:
@@ -367,12 +335,6 @@ class ListenService:
         return self._stop.wait(self._backoff)
 
     # -- metrics -----------------------------------------------------------------------
-
-    def _count_reports(self, reports: list) -> None:
-        self.stats.reports += len(reports)
-        revoked = sum(1 for m in reports if m.retracted)
-        self.metrics.inc("matches_total", len(reports) - revoked)
-        self.metrics.inc("revocations_total", revoked)
 
     def _maybe_prune(self) -> None:
         every = self.settings.prune_interval

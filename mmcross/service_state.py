@@ -11,7 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from listeners.partner_detections import PartnerDetections
+from matchers.partner_stream_matcher import PartnerMatch
 from mmcross.config import Config
+from mmcross.event import Event
 from mmcross.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -93,3 +96,54 @@ def declare_metrics(metrics: Metrics) -> Metrics:
 
 
 # -- VOEvent transport and partner submissions (both modes) -------------------------------
+
+
+class EngineLoop:
+    """What the Kafka and the embedded service do alike with notices, detections and reports.
+
+    Subclasses provide ``engine``, ``metrics``, ``stats``, ``transports`` and ``partner_out``
+    (where partner stream matches go: an object with ``write(matches)``, or ``None``).
+    """
+
+    #: True when a sink's write is its delivery (files), False when a broker acknowledges.
+    reports_delivered_on_write = False
+
+    def _apply_event(self, event: Event) -> None:
+        """Apply one parsed notice (Kafka, spool file, GCN VTP or a partner), loop thread."""
+        assert self.engine is not None
+        before = {k: v for k, v in self.engine.stats.items() if k.startswith("notices_")}
+        reports = self.engine.on_notice(event)
+        for key, value in self.engine.stats.items():
+            if key.startswith("notices_") and value > before.get(key, 0):
+                self.metrics.inc("notices_total", outcome=key[len("notices_"):])
+        self.stats.notices += 1
+        self._count_reports(reports)
+        log.info("notice %s: %s revision %d -> %d reports", event.source, event.event_id,
+                 event.revision, len(reports))
+
+    def _apply_detections(self, partner: str, detections: PartnerDetections) -> None:
+        """Match accepted partner detections against the alert history (loop thread)."""
+        assert self.engine is not None
+        self.stats.detections += len(detections)
+        self.metrics.inc("partner_detections_total", len(detections))
+        self._report_partner_matches(
+            self.transports.match_detections(self.engine, partner, detections))
+
+    def _report_partner_matches(self, matches: list[PartnerMatch]) -> None:
+        if not matches:
+            return
+        assert self.partner_out is not None
+        self.partner_out.write(matches)
+        self.stats.partner_matches += len(matches)
+        self.metrics.inc("partner_matches_total", len(matches))
+        log.info("%d partner stream matches to %s", len(matches),
+                 getattr(self.partner_out, "topic", None) or getattr(self.partner_out, "path", ""))
+
+    def _count_reports(self, reports: list) -> None:
+        self.stats.reports += len(reports)
+        revoked = sum(1 for m in reports if m.retracted)
+        self.metrics.inc("matches_total", len(reports) - revoked)
+        self.metrics.inc("revocations_total", revoked)
+        if self.reports_delivered_on_write:
+            self.metrics.inc("reports_delivered_total", len(reports))
+
