@@ -347,9 +347,9 @@ def test_kafka_mode_partner_topic_and_vtp_submissions_reach_the_partner_subscrip
     from catalogs import Store
     from listeners.partners import SIGNATURE_HEADER, sign_submission
     from mmcross.service import ListenService
-    from tests.test_service_kafka import _committed, _create_topics, _names, _produce
+    from tests.test_service_kafka import _committed, _create_topics, _produce, unique_names
 
-    names = _names()
+    names = unique_names()
     submissions = f"submissions-{names['group']}"
     _create_topics(kafka_broker, [names["alerts"], names["reports"], names["voevents"],
                                   names["dead"], submissions], 1)

@@ -29,8 +29,10 @@ from tests.test_service_kafka import (
     _produce,
     _read_all,
     _wait,
+    produce_notices,
+    service_config,
+    unique_names,
 )
-from tests.test_service_retraction import produce_notices, service_config, unique_names
 
 
 @pytest.mark.kafka

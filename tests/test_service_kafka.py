@@ -135,10 +135,24 @@ def _wait(condition, what: str) -> None:
         time.sleep(0.2)
 
 
-def _write_config(path: Path, bootstrap: str, names: dict[str, str], batch_size: int) -> Path:
+def produce_notices(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    """Publish notices compressed, as GCN does (a 1 MB sky map fits the broker's limit)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                         "compression.type": "zstd", "message.max.bytes": 16 << 20})
+    for value in values:
+        producer.produce(topic, value=value)
+    assert producer.flush(30) == 0
+
+
+def service_config(path: Path, bootstrap: str, names: dict[str, str], *,
+                   notice_topics: list[str], batch_size: int = 200, extra: str = "") -> Path:
+    """A listen config for the tests: loose circle tolerance, test-role notices accepted."""
+    topics = ", ".join(f'"{t}"' for t in notice_topics)
     path.write_text(f"""
 [localization]
 credible_level_tolerance = 1e-2
+[listeners]
+roles = ["observation", "test"]
 [kafka]
 bootstrap_servers = "{bootstrap}"
 alert_topics = ["{names['alerts']}"]
@@ -152,19 +166,22 @@ dead_letter_topic = "{names['dead']}"
 "session.timeout.ms" = 6000
 "heartbeat.interval.ms" = 1000
 [kafka.gcn]
-topics = ["{GW_TOPIC}", "{GBM_TOPIC}"]
+topics = [{topics}]
 [service]
 batch_size = {batch_size}
 poll_timeout = 0.2
 log_every = 2.0
+backoff_max = 2.0
+{extra}
 """)
     return path
 
 
-def _names() -> dict[str, str]:
+def unique_names() -> dict[str, str]:
     tag = uuid.uuid4().hex[:10]
     return {"alerts": f"alerts-{tag}", "reports": f"reports-{tag}",
-            "voevents": f"voevents-{tag}", "dead": f"dead-{tag}", "group": f"mmcross-{tag}"}
+            "voevents": f"voevents-{tag}", "dead": f"dead-{tag}", "group": f"mmcross-{tag}",
+            "gw": f"igwn.gwalert.test-{tag}"}
 
 
 def _night(n: int, start: float, days: float, loc, n_inject: int, t0: float, t1: float,
@@ -257,11 +274,12 @@ def test_listen_reports_each_expected_match_once_and_dead_letters_garbage(
         kafka_broker: str, notices: dict, tmp_path: Path) -> None:
     from mmcross.service import ListenService
 
-    names = _names()
+    names = unique_names()
     _create_topics(kafka_broker, [names["alerts"]], 3)
     _create_topics(kafka_broker, [names["reports"], names["voevents"], names["dead"]], 2)
     _create_topics(kafka_broker, [GW_TOPIC, GBM_TOPIC], 1)
-    config = Config.load(_write_config(tmp_path / "c.toml", kafka_broker, names, 200))
+    config = Config.load(service_config(tmp_path / "c.toml", kafka_broker, names,
+                                         notice_topics=[GW_TOPIC, GBM_TOPIC]))
     gw, gbm = _events(config, notices)
     g0, b0 = gw.trigger_mjd_tai, gbm.trigger_mjd_tai
     early = _night(500, g0 - 0.005, 0.1, gw.localization, 5, g0, g0 + 0.1, 0, 1)
@@ -353,11 +371,12 @@ def _start_listener(config_path: Path, db: str, log_path: Path) -> subprocess.Po
 @pytest.mark.kafka
 def test_kill_9_mid_stream_and_restart_delivers_every_report_exactly_once(
         kafka_broker: str, notices: dict, tmp_path: Path) -> None:
-    names = _names()
+    names = unique_names()
     _create_topics(kafka_broker, [names["alerts"]], 3)
     _create_topics(kafka_broker, [names["reports"], names["voevents"], names["dead"]], 2)
     _create_topics(kafka_broker, [GW_TOPIC, GBM_TOPIC], 1)
-    cfg = _write_config(tmp_path / "c.toml", kafka_broker, names, 40)
+    cfg = service_config(tmp_path / "c.toml", kafka_broker, names,
+                         notice_topics=[GW_TOPIC, GBM_TOPIC], batch_size=40)
     config = Config.load(cfg)
     gw, gbm = _events(config, notices)
     g0 = gw.trigger_mjd_tai

@@ -29,8 +29,10 @@ from tests.test_service_kafka import (
     _night,
     _produce,
     _wait,
+    produce_notices,
+    service_config,
+    unique_names,
 )
-from tests.test_service_retraction import produce_notices, service_config, unique_names
 
 # One sample line of the text exposition format 0.0.4.
 _SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})?'

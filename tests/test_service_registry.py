@@ -34,8 +34,10 @@ from tests.test_service_kafka import (
     _produce,
     _read_all,
     _wait,
+    produce_notices,
+    service_config,
+    unique_names,
 )
-from tests.test_service_retraction import produce_notices, service_config, unique_names
 
 REGISTRY_ID = 424242  # not an lsst-alert-packet id
 

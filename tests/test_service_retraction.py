@@ -9,12 +9,10 @@ message, one match record and one revocation record per expected match, and noth
 from __future__ import annotations
 
 import threading
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
 
 from brokers.reports import match_from_avro
 from catalogs import Store
@@ -30,59 +28,13 @@ from tests.test_service_kafka import (
     _produce,
     _read_all,
     _wait,
+    produce_notices,
+    service_config,
+    unique_names,
 )
 
 PRELIMINARY = "gcn/json/userguide/MS181101ab-preliminary.json"
 RETRACTION = "gcn/json/userguide/MS181101ab-retraction.json"
-
-
-def produce_notices(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    """Publish notices compressed, as GCN does (a 1 MB sky map fits the broker's limit)."""
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                         "compression.type": "zstd", "message.max.bytes": 16 << 20})
-    for value in values:
-        producer.produce(topic, value=value)
-    assert producer.flush(30) == 0
-
-
-def service_config(path: Path, bootstrap: str, names: dict[str, str], *,
-                   notice_topics: list[str], batch_size: int = 200, extra: str = "") -> Path:
-    """A listen config for the tests: loose circle tolerance, test-role notices accepted."""
-    topics = ", ".join(f'"{t}"' for t in notice_topics)
-    path.write_text(f"""
-[localization]
-credible_level_tolerance = 1e-2
-[listeners]
-roles = ["observation", "test"]
-[kafka]
-bootstrap_servers = "{bootstrap}"
-alert_topics = ["{names['alerts']}"]
-group_id = "{names['group']}"
-report_topic = "{names['reports']}"
-voevent_topic = "{names['voevents']}"
-dead_letter_topic = "{names['dead']}"
-[kafka.properties]
-"security.protocol" = "PLAINTEXT"
-[kafka.alert_properties]
-"session.timeout.ms" = 6000
-"heartbeat.interval.ms" = 1000
-[kafka.gcn]
-topics = [{topics}]
-[service]
-batch_size = {batch_size}
-poll_timeout = 0.2
-log_every = 2.0
-backoff_max = 2.0
-{extra}
-""")
-    return path
-
-
-def unique_names() -> dict[str, str]:
-    tag = uuid.uuid4().hex[:10]
-    return {"alerts": f"alerts-{tag}", "reports": f"reports-{tag}",
-            "voevents": f"voevents-{tag}", "dead": f"dead-{tag}", "group": f"mmcross-{tag}",
-            "gw": f"igwn.gwalert.test-{tag}"}
 
 
 @pytest.mark.kafka

@@ -29,8 +29,10 @@ from tests.test_service_kafka import (
     _read_all,
     _start_listener,
     _wait,
+    produce_notices,
+    service_config,
+    unique_names,
 )
-from tests.test_service_retraction import produce_notices, service_config, unique_names
 
 _ASSIGNED = re.compile(r"alert partitions assigned: (.*)")
 
