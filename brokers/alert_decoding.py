@@ -14,7 +14,9 @@ Rows: ``alert_id`` = ``diaSource.diaSourceId`` (ZTF ``candid``); ``object_id`` =
 ``ra``/``dec`` degrees ICRS;
 ``mjd_tai`` = ``midpointMjdTai`` (ZTF ``jd`` is UTC and converted with astropy); ``is_new``
 = no earlier detection in the packet (``prvDiaSources`` null or empty) and not a
-solar-system object (``ssObjectId`` null or 0).
+solar-system object (``ssObjectId`` null or 0); ``mag`` = AB magnitude of
+``diaSource.psfFlux`` (nJy; ``psFlux`` before v5), ``-2.5 log10(flux) + 31.4``, NaN when the
+flux is null, absent or <= 0 (ZTF: ``candidate.magpsf``, already AB).
 
 A decoding prefix cannot see damage past ``diaSource`` (e.g. a body cut inside the cutouts).
 """
@@ -41,6 +43,18 @@ log = logging.getLogger(__name__)
 
 WIRE_MAGIC = 0
 _HEADER = struct.Struct(">bI")
+#: AB magnitude of a 1 nJy flux: ``-2.5 log10(1e-9 Jy / 3631 Jy)``, rounded as Rubin does.
+AB_ZERO_POINT_NJY = 31.4
+
+
+def ab_mag_from_njy(flux_njy: np.ndarray | float | None) -> np.ndarray:
+    """AB magnitude of fluxes in nJy (``-2.5 log10(flux) + 31.4``); NaN where the flux is
+    missing (NaN/None), not finite or <= 0."""
+    flux = np.asarray(np.nan if flux_njy is None else flux_njy, dtype=np.float64)
+    ok = np.isfinite(flux) & (flux > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ok, -2.5 * np.log10(np.where(ok, flux, 1.0)) + AB_ZERO_POINT_NJY,
+                        np.nan)
 
 
 class AlertRow(NamedTuple):
@@ -54,6 +68,7 @@ class AlertRow(NamedTuple):
     is_new: bool
     packet: bytes | None
     source: str
+    mag: float = math.nan  #: AB magnitude (NaN unknown)
 
 
 def rows_to_batch(rows: Sequence[AlertRow], *, keep_packets: bool = True) -> AlertBatch:
@@ -69,6 +84,7 @@ def rows_to_batch(rows: Sequence[AlertRow], *, keep_packets: bool = True) -> Ale
         packets=[r.packet for r in rows] if keep_packets else None,
         sources=[r.source for r in rows],
         is_new=np.fromiter((r.is_new for r in rows), bool, len(rows)),
+        mag=np.fromiter((r.mag for r in rows), np.float64, len(rows)),
     )
 
 
@@ -160,7 +176,9 @@ def decode_rubin_body_fastavro(body: bytes | memoryview, schema: RubinSchema, so
     else:
         object_id = _object_id_from_diaobject(body, schema, source)
     is_new = not has_history and not is_sso
-    return AlertRow(alert_id, object_id, ra, dec, mjd, is_new, packet, source)
+    flux = ds.get(schema.flux_field) if schema.flux_field else None
+    mag = float(ab_mag_from_njy(flux))
+    return AlertRow(alert_id, object_id, ra, dec, mjd, is_new, packet, source, mag)
 
 
 #: Bytes of each message :func:`decode_wire_many` copies for the kernel; a message whose
@@ -198,6 +216,7 @@ class _Columns(NamedTuple):
     dec: np.ndarray
     mjd_tai: np.ndarray
     is_new: np.ndarray
+    mag: np.ndarray
     errors: list[tuple[int, BadAlertError]]
 
 
@@ -215,6 +234,7 @@ def _decode_columns(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
     d = avro_skip.decode_messages(buf, starts, ends, body_schema_id=body_schema_id)
     alert_id, ra, dec, mjd = d.alert_id.copy(), d.ra.copy(), d.dec.copy(), d.mjd_tai.copy()
     is_new = ~d.has_history & ~d.sso
+    mag = ab_mag_from_njy(d.psf_flux)
     ok = d.status == avro_skip.OK
     in_range = (ra >= 0.0) & (ra <= 360.0) & (dec >= -90.0) & (dec <= 90.0) & np.isfinite(mjd)
     good = ok & ~d.id_null & in_range
@@ -232,6 +252,7 @@ def _decode_columns(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
                 row = decode_rubin_body_fastavro(memoryview(message)[5 if wire else 0:],
                                                  schema, source, None)
                 alert_id[i], object_id[i], ra[i], dec[i], mjd[i], is_new[i] = row[:6]
+                mag[i] = row.mag
                 good[i] = True
             elif not ok[i]:
                 raise _kernel_error(int(d.status[i]), int(d.pos[i]), int(ends[i] - starts[i]),
@@ -249,7 +270,7 @@ def _decode_columns(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
             errors.append((i, exc))
     index = np.flatnonzero(good)
     return _Columns(index, alert_id[index], object_id[index], ra[index], dec[index],
-                    mjd[index], is_new[index], errors)
+                    mjd[index], is_new[index], mag[index], errors)
 
 
 def _columns_to_batch(cols: _Columns, source_of: Callable[[int], str],
@@ -261,6 +282,7 @@ def _columns_to_batch(cols: _Columns, source_of: Callable[[int], str],
         packets=None if packet_of is None else list(map(packet_of, index)),
         sources=list(map(source_of, index)),
         is_new=cols.is_new,
+        mag=cols.mag,
     )
 
 
@@ -301,7 +323,7 @@ def decode_rubin_body(body: bytes | memoryview, schema: RubinSchema, source: str
         raise cols.errors[0][1]
     return AlertRow(int(cols.alert_id[0]), cols.object_id[0], float(cols.ra[0]),
                     float(cols.dec[0]), float(cols.mjd_tai[0]), bool(cols.is_new[0]), packet,
-                    source)
+                    source, float(cols.mag[0]))
 
 
 def decode_wire_row(message: bytes, source: str = "", *, keep_packet: bool = True) -> AlertRow:
@@ -314,7 +336,7 @@ def decode_wire_row(message: bytes, source: str = "", *, keep_packet: bool = Tru
         raise cols.errors[0][1]
     return AlertRow(int(cols.alert_id[0]), cols.object_id[0], float(cols.ra[0]),
                     float(cols.dec[0]), float(cols.mjd_tai[0]), bool(cols.is_new[0]),
-                    bytes(message) if keep_packet else None, source)
+                    bytes(message) if keep_packet else None, source, float(cols.mag[0]))
 
 
 def decode_wire(message: bytes, source: str = "") -> AlertBatch:
@@ -367,7 +389,7 @@ def _merge(first: _Columns, again: _Columns, redo: np.ndarray) -> _Columns:
     index = np.concatenate([first.index, redo[again.index]])
     order = np.argsort(index, kind="stable")
     cat = [np.concatenate([getattr(first, f), getattr(again, f)])[order]
-           for f in ("alert_id", "object_id", "ra", "dec", "mjd_tai", "is_new")]
+           for f in ("alert_id", "object_id", "ra", "dec", "mjd_tai", "is_new", "mag")]
     redone = set(redo.tolist())
     errors = sorted([(i, e) for i, e in first.errors if i not in redone]
                     + [(int(redo[k]), e) for k, e in again.errors], key=lambda t: t[0])
@@ -422,6 +444,9 @@ def ztf_rows(records: Sequence[dict[str, Any]], sources: Sequence[str],
         # prv_candidates also holds non-detections (upper limits), which have no candid.
         is_new = not any(p.get("candid") is not None for p in prv)
         cand = rec["candidate"]
+        magpsf = cand.get("magpsf")
+        mag = float(magpsf) if isinstance(magpsf, (int, float)) else math.nan
         rows.append(AlertRow(int(rec["candid"]), rec["objectId"], float(cand["ra"]),
-                             float(cand["dec"]), float(mjd), is_new, pkt, src))
+                             float(cand["dec"]), float(mjd), is_new, pkt, src,
+                             mag if math.isfinite(mag) else math.nan))
     return rows, errors

@@ -2,7 +2,7 @@
 
 A Rubin alert body is Avro: the fields of the alert record one after the other, without
 tags. Matching needs only ``diaSource.{diaSourceId, ra, dec, midpointMjdTai, diaObjectId,
-ssObjectId}`` and, right after ``diaSource``, the ``prvDiaSources`` union branch and the
+ssObjectId, psfFlux}`` and, right after ``diaSource``, the ``prvDiaSources`` union branch and the
 first array block count (whether the packet holds earlier detections). This module compiles
 each registered writer schema's prefix (the alert record cut after ``diaSource``) into a
 small *program* of field type codes, then walks many packets at once in one numba kernel,
@@ -41,9 +41,10 @@ _PRIMITIVE = {"null": OP_NULL, "boolean": OP_BOOL, "int": OP_LONG, "long": OP_LO
               "float": OP_FLOAT, "double": OP_DOUBLE, "string": OP_BYTES, "bytes": OP_BYTES}
 
 # -- roles: which decoded value goes where -----------------------------------------------------
-ROLE_NONE, ROLE_ID, ROLE_RA, ROLE_DEC, ROLE_MJD, ROLE_OBJECT, ROLE_SSO = range(7)
+ROLE_NONE, ROLE_ID, ROLE_RA, ROLE_DEC, ROLE_MJD, ROLE_OBJECT, ROLE_SSO, ROLE_FLUX = range(8)
+N_ROLES = 8
 _INT_ROLES = (ROLE_ID, ROLE_OBJECT, ROLE_SSO)
-_FLOAT_ROLES = (ROLE_RA, ROLE_DEC, ROLE_MJD)
+_FLOAT_ROLES = (ROLE_RA, ROLE_DEC, ROLE_MJD, ROLE_FLUX)
 
 # -- per-message status ------------------------------------------------------------------------
 OK = 0
@@ -169,6 +170,8 @@ def compile_schema(schema: RubinSchema) -> SkipProgram:
     roles = {(*ds, "diaSourceId"): ROLE_ID, (*ds, schema.ra_field): ROLE_RA,
              (*ds, schema.dec_field): ROLE_DEC, (*ds, schema.time_field): ROLE_MJD,
              (*ds, "diaObjectId"): ROLE_OBJECT, (*ds, "ssObjectId"): ROLE_SSO}
+    if schema.flux_field:
+        roles[(*ds, schema.flux_field)] = ROLE_FLUX
     named: dict[str, Any] = {}
     ops: list[tuple[int, int, int]] = []
     for f in schema.prefix["fields"]:
@@ -263,6 +266,8 @@ class Decoded(NamedTuple):
         object_id: int64 ``diaSource.diaObjectId`` (0 when null or absent).
         sso: bool, ``ssObjectId`` non-null and non-zero.
         has_history: bool, ``prvDiaSources`` non-null with a non-empty first block.
+        psf_flux: float64 ``diaSource.psfFlux`` (``psFlux`` before v5), nJy; NaN when null
+            or the schema has none.
     """
 
     status: np.ndarray
@@ -276,6 +281,7 @@ class Decoded(NamedTuple):
     object_id: np.ndarray
     sso: np.ndarray
     has_history: np.ndarray
+    psf_flux: np.ndarray
 
 
 # -- kernels -----------------------------------------------------------------------------------
@@ -512,9 +518,9 @@ def decode_messages(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, *,
     status = np.zeros(n, np.int8)
     errpos = np.zeros(n, np.int64)
     sids = np.full(n, -1, np.int64)
-    ivals = np.zeros((n, 7), np.int64)
-    ipresent = np.zeros((n, 7), np.bool_)
-    fvals = np.full((n, 7), np.nan)
+    ivals = np.zeros((n, N_ROLES), np.int64)
+    ipresent = np.zeros((n, N_ROLES), np.bool_)
+    fvals = np.full((n, N_ROLES), np.nan)
     _decode_kernel(np.asarray(buf, np.uint8), np.asarray(starts, np.int64),
                    np.asarray(ends, np.int64), np.int64(body_schema_id), table.by_id,
                    table.start, table.end, table.prv, table.code, table.param, table.role,
@@ -526,4 +532,5 @@ def decode_messages(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, *,
         object_id=np.where(ipresent[:, ROLE_OBJECT], ivals[:, ROLE_OBJECT], 0),
         sso=ipresent[:, ROLE_SSO] & (ivals[:, ROLE_SSO] != 0),
         has_history=ivals[:, 0] != 0,
+        psf_flux=fvals[:, ROLE_FLUX],
     )

@@ -46,6 +46,8 @@ class RubinSchema:
         time_field: ``diaSource`` midpoint time field, MJD TAI (``midpointMjdTai`` or, before
             v5, ``midPointTai``).
         top_fields: names of all the top-level alert fields, in order.
+        flux_field: ``diaSource`` difference-image PSF flux field, nJy (``psfFlux`` or,
+            before v5, ``psFlux``); ``""`` when the schema has none.
     """
 
     schema_id: int
@@ -58,6 +60,7 @@ class RubinSchema:
     dec_field: str
     time_field: str
     top_fields: tuple[str, ...]
+    flux_field: str = ""
 
     @property
     def name(self) -> str:
@@ -87,7 +90,9 @@ def build_schema(schema_id: int, version: str, definition: dict[str, Any]) -> Ru
     ds_fields = {f["name"] for f in ds_type["fields"]}
     dec_field = "dec" if "dec" in ds_fields else "decl"
     time_field = "midpointMjdTai" if "midpointMjdTai" in ds_fields else "midPointTai"
-    needed = {"diaSourceId", "ra", dec_field, time_field, "diaObjectId", "ssObjectId"}
+    flux_field = next((f for f in ("psfFlux", "psFlux") if f in ds_fields), "")
+    needed = {"diaSourceId", "ra", dec_field, time_field, "diaObjectId", "ssObjectId",
+              flux_field}
     reader_def = {k: v for k, v in prefix_def.items() if k != "fields"}
     reader_def["fields"] = [{**prefix_def["fields"][cut - 1], "type": {
         **ds_type, "fields": [f for f in ds_type["fields"] if f["name"] in needed]}}]
@@ -102,6 +107,7 @@ def build_schema(schema_id: int, version: str, definition: dict[str, Any]) -> Ru
         dec_field=dec_field,
         time_field=time_field,
         top_fields=tuple(top),
+        flux_field=flux_field,
     )
 
 

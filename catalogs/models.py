@@ -171,3 +171,4 @@ class AlertHistoryRow(Base):
     dec: Mapped[float] = mapped_column(Double, nullable=False)  # deg ICRS
     mjd_tai: Mapped[float] = mapped_column(Double, nullable=False, index=True)  # MJD TAI
     is_new: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    mag: Mapped[float | None] = mapped_column(Double, nullable=True)  # AB mag, NULL = unknown

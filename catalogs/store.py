@@ -480,7 +480,8 @@ class Store:
     # -- alert history -----------------------------------------------------------------
 
     def save_alert_history(self, batch: AlertBatch) -> None:
-        """Keep the alerts' ids, positions (deg ICRS), times (MJD TAI) and is_new flags.
+        """Keep the alerts' ids, positions (deg ICRS), times (MJD TAI), is_new flags and AB
+        magnitudes (NULL when unknown).
 
         Alerts already stored (same ``alert_id``) are skipped. One bulk INSERT.
         """
@@ -488,11 +489,13 @@ class Store:
             return
         is_new = (batch.is_new if batch.is_new is not None
                   else np.zeros(len(batch), dtype=bool))
+        mags = [None if not np.isfinite(m) else m for m in batch.mag.tolist()]
         rows = [
-            {"alert_id": a, "object_id": str(o), "ra": r, "dec": d, "mjd_tai": t, "is_new": n}
-            for a, o, r, d, t, n in zip(
+            {"alert_id": a, "object_id": str(o), "ra": r, "dec": d, "mjd_tai": t, "is_new": n,
+             "mag": m}
+            for a, o, r, d, t, n, m in zip(
                 batch.alert_id.tolist(), batch.object_id.tolist(), batch.ra.tolist(),
-                batch.dec.tolist(), batch.mjd_tai.tolist(), is_new.tolist(), strict=True)
+                batch.dec.tolist(), batch.mjd_tai.tolist(), is_new.tolist(), mags, strict=True)
         ]
         table = AlertHistoryRow.__table__
         stmt = self._insert(table)
@@ -507,7 +510,8 @@ class Store:
         """Stored alerts with ``since <= mjd_tai`` (and ``<= until``), MJD TAI, time-ordered."""
         t = AlertHistoryRow.__table__
         since_mjd_tai = float(since_mjd_tai)
-        stmt = (select(t.c.alert_id, t.c.object_id, t.c.ra, t.c.dec, t.c.mjd_tai, t.c.is_new)
+        stmt = (select(t.c.alert_id, t.c.object_id, t.c.ra, t.c.dec, t.c.mjd_tai, t.c.is_new,
+                       t.c.mag)
                 .where(t.c.mjd_tai >= since_mjd_tai).order_by(t.c.mjd_tai, t.c.alert_id))
         if until_mjd_tai is not None:
             stmt = stmt.where(t.c.mjd_tai <= float(until_mjd_tai))
@@ -516,10 +520,11 @@ class Store:
         if not rows:
             return AlertBatch(np.empty(0, np.int64), np.empty(0, object), np.empty(0),
                               np.empty(0), np.empty(0), is_new=np.empty(0, bool))
-        alert_id, object_id, ra, dec, mjd, is_new = zip(*rows, strict=True)
+        alert_id, object_id, ra, dec, mjd, is_new, mag = zip(*rows, strict=True)
         return AlertBatch(np.array(alert_id, np.int64), np.array(object_id, object),
                           np.array(ra, np.float64), np.array(dec, np.float64),
-                          np.array(mjd, np.float64), is_new=np.array(is_new, bool))
+                          np.array(mjd, np.float64), is_new=np.array(is_new, bool),
+                          mag=np.array([np.nan if m is None else m for m in mag], np.float64))
 
     def alert_history_stats(self) -> tuple[int, float | None]:
         """(number of stored alerts, newest alert time MJD TAI or None when empty)."""

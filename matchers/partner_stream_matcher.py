@@ -116,8 +116,7 @@ class PartnerStreamMatcher:
             alert_history: recent Rubin alerts (e.g. ``engine.history.between(
                 *self.history_window(partner, detections))``).
             alert_properties: per-alert values aligned with ``alert_history`` for property
-                constraints (the engine's history keeps none: constrained rules then match
-                only on :meth:`on_alerts` with properties).
+                constraints (e.g. ``{"mag": history.mag}``, AB magnitudes).
 
         Returns:
             The new matches, ordered by detection id then alert id.

@@ -27,6 +27,9 @@ class AlertBatch:
         sources: where each alert came from (``"file.avro#3"``, ``"topic/0/1234"``), or ``None``.
         is_new: bool, True when the alert is the first detection of its object (no earlier
             detection in the packet), used to measure the background rate of new transients.
+        mag: float64 AB magnitude of the difference-image PSF flux (Rubin
+            ``diaSource.psfFlux``, ZTF ``magpsf``), NaN when unknown or the flux is <= 0;
+            ``None`` given -> all NaN.
     """
 
     alert_id: np.ndarray
@@ -37,6 +40,7 @@ class AlertBatch:
     packets: list[bytes | memoryview] | None = None
     sources: list[str] | None = None
     is_new: np.ndarray | None = field(default=None)
+    mag: np.ndarray | None = field(default=None)
 
     def __post_init__(self) -> None:
         self.alert_id = np.asarray(self.alert_id, dtype=np.int64)
@@ -52,6 +56,12 @@ class AlertBatch:
             self.is_new = np.zeros(n, dtype=bool)
         else:
             self.is_new = np.asarray(self.is_new, dtype=bool)
+        if self.mag is None:
+            self.mag = np.full(n, np.nan)
+        else:
+            self.mag = np.asarray(self.mag, dtype=np.float64)
+        if self.mag.shape != (n,):
+            raise ValueError(f"AlertBatch.mag has shape {self.mag.shape}, not ({n},)")
         check_coordinates(self.ra, self.dec, what="alert")
 
     def __len__(self) -> int:
@@ -71,6 +81,7 @@ class AlertBatch:
             packets=None if self.packets is None else [self.packets[i] for i in idx],
             sources=None if self.sources is None else [self.sources[i] for i in idx],
             is_new=self.is_new[idx],
+            mag=self.mag[idx],
         )
 
     @classmethod
@@ -88,6 +99,7 @@ class AlertBatch:
             packets=[p for b in batches for p in b.packets] if keep_packets else None,
             sources=[s for b in batches for s in b.sources] if keep_sources else None,
             is_new=np.concatenate([b.is_new for b in batches]),
+            mag=np.concatenate([b.mag for b in batches]),
         )
 
 

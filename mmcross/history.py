@@ -1,6 +1,6 @@
 """Recent-alert history for retro-matching events announced after their counterparts.
 
-Alerts are kept as columnar chunks (positions, times and ids only, no packets), pruned to
+Alerts are kept as columnar chunks (positions, times, ids and AB magnitudes; no packets), pruned to
 the longest matching window and a maximum count.
 """
 
@@ -36,7 +36,7 @@ class AlertHistory:
         if len(batch) == 0:
             return
         compact = AlertBatch(batch.alert_id, batch.object_id, batch.ra, batch.dec,
-                             batch.mjd_tai, is_new=batch.is_new)
+                             batch.mjd_tai, is_new=batch.is_new, mag=batch.mag)
         self._chunks.append(compact)
         self._count += len(compact)
         self.newest_mjd_tai = max(self.newest_mjd_tai, float(np.max(batch.mjd_tai)))

@@ -305,12 +305,15 @@ class Transports:
         match them (the partner's time window); the detections are kept for later alerts."""
         assert self.streams is not None
         start, end = self.streams.history_window(partner, detections)
-        return self.streams.on_detections(partner, detections,
-                                          engine.history.between(start, end))
+        history = engine.history.between(start, end)
+        return self.streams.on_detections(partner, detections, history,
+                                          alert_properties={"mag": history.mag})
 
     def match_alerts(self, batch: AlertBatch) -> list[PartnerMatch]:
         """New matches of an alert batch (already given to the engine) with kept detections."""
-        return self.streams.on_alerts(batch) if self.streams is not None else []
+        if self.streams is None:
+            return []
+        return self.streams.on_alerts(batch, alert_properties={"mag": batch.mag})
 
     def commit(self) -> None:
         """Commit the partner topic's handled offsets (call after the acknowledgement)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import io
+import math
 import struct
 
 import fastavro
@@ -50,6 +51,31 @@ def _assert_agrees(d: avro_skip.Decoded, i: int, message: bytes) -> None:
     assert d.object_id[i] == (ds.get("diaObjectId") or 0)
     assert bool(d.sso[i]) == bool(ds.get("ssObjectId"))
     assert bool(d.has_history[i]) == bool(ref["prvDiaSources"])
+    flux = _ref_flux(ds)
+    if flux is None:
+        assert np.isnan(d.psf_flux[i])
+    else:
+        assert d.psf_flux[i] == flux
+
+
+def _ref_flux(ds: dict) -> float | None:
+    """``psfFlux`` (v5+) or ``psFlux`` (v3-v4) of a fully decoded diaSource, nJy."""
+    names = [k for k in ("psfFlux", "psFlux") if k in ds]
+    assert len(names) == 1, f"diaSource has flux fields {names}"
+    return ds[names[0]]
+
+
+def _ref_mag(message: bytes) -> float:
+    """AB magnitude from the independent full decode: -2.5 log10(flux nJy) + 31.4, or NaN."""
+    flux = _ref_flux(_full(message)["diaSource"])
+    return -2.5 * math.log10(flux) + 31.4 if flux is not None and flux > 0 else math.nan
+
+
+def _assert_mags(mag: np.ndarray, messages: list[bytes]) -> None:
+    ref = np.array([_ref_mag(m) for m in messages])
+    assert mag.dtype == np.float64
+    np.testing.assert_array_equal(np.isnan(mag), np.isnan(ref))
+    np.testing.assert_allclose(mag[~np.isnan(ref)], ref[~np.isnan(ref)], rtol=0, atol=1e-12)
 
 
 def _variants(message: bytes) -> list[bytes]:
@@ -60,9 +86,11 @@ def _variants(message: bytes) -> list[bytes]:
     ds_fields = {f["name"]: f["type"] for f in next(
         f for f in schema.definition["fields"] if f["name"] == "diaSource")["type"]["fields"]}
     out = []
+    flux = "psfFlux" if "psfFlux" in ds_fields else "psFlux"
     for change in ({"prvDiaSources": []}, {"prvDiaSources": None},
                    {"diaObjectId": 0}, {"diaObjectId": 0, "ssObjectId": 12345},
-                   {"ssObjectId": 0}, {"diaObjectId": None}):
+                   {"ssObjectId": 0}, {"diaObjectId": None},
+                   {flux: None}, {flux: 0.0}, {flux: -250.0}, {flux: 3631e9}):
         rec = {**record, "diaSource": dict(record["diaSource"])}
         ok = True
         for key, value in change.items():
@@ -102,6 +130,14 @@ def test_kernel_equals_fastavro_full_decode_for_every_schema(schema_id):
     d2 = avro_skip.decode_messages(b, s, e, body_schema_id=schema_id)
     assert np.array_equal(d2.alert_id, d.alert_id) and np.array_equal(d2.ra, d.ra)
     assert np.array_equal(d2.has_history, d.has_history)
+    np.testing.assert_array_equal(d2.psf_flux, d.psf_flux)
+    # the AlertBatch magnitude: -2.5 log10(psfFlux) + 31.4, NaN for null / <= 0 flux
+    batch, errors = decode_wire_many(messages)
+    assert errors == [] and len(batch) == len(messages)
+    _assert_mags(batch.mag, messages)
+    assert np.isfinite(batch.mag).sum() >= len(messages) - 6  # 2 x (null, 0, negative)
+    assert np.isnan(batch.mag).sum() >= 4
+    assert np.any(np.abs(batch.mag) < 1e-3)  # 3631 Jy (float32) is AB magnitude ~0
 
 
 def test_kernel_equals_fastavro_on_real_wire_samples(shared_file):
@@ -113,6 +149,8 @@ def test_kernel_equals_fastavro_on_real_wire_samples(shared_file):
     batch, errors = decode_wire_many(messages, list(WIRE_SAMPLES))
     assert errors == [] and np.array_equal(batch.alert_id, d.alert_id)
     assert [bytes(p) for p in batch.packets] == messages
+    _assert_mags(batch.mag, messages)  # v7.4/v9.0 samples have psfFlux < 0: NaN
+    assert np.isfinite(batch.mag).any() and np.isnan(batch.mag).any()
 
 
 def _prefix_end(message: bytes) -> int:
@@ -211,6 +249,7 @@ def test_unsupported_schema_falls_back_to_fastavro(monkeypatch, shared_file):
     batch, errors = decode_wire_many([good, good[:40]], ["a", "b"])
     assert errors and "b" in str(errors[0])
     assert batch.alert_id[0] == _full(good)["diaSource"]["diaSourceId"]
+    _assert_mags(batch.mag, [good])  # the fastavro path reads the flux too
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

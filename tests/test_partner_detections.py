@@ -222,3 +222,76 @@ def test_partner_without_rule_is_a_config_error():
     m = PartnerStreamMatcher(Config.load())
     with pytest.raises(ConfigError, match="no \\[partners.goto.stream\\]"):
         m.on_detections("goto", detections(), AlertBatch.empty())
+
+
+# -- magnitudes decoded from Rubin packets reach the constraints ------------------------------
+
+def _packets(mags: list[float | None]) -> list[bytes]:
+    """v11.1 wire packets at the detection's position, 0.1 d apart, with ``psfFlux`` (nJy)
+    of AB magnitude ``mags[i]`` (``None``: null flux; negative: that flux, no magnitude)."""
+    import io
+
+    import fastavro
+
+    from brokers.alert_decoding import encode_wire
+    from brokers.rubin_schemas import get_schema
+    from mmcross.simulate import simulate_night
+
+    template = next(iter(simulate_night(1, start_mjd_tai=T0, rng=np.random.default_rng(3),
+                                        schema_id=1101, alerts_per_visit=1,
+                                        cutout_bytes=10).messages()))
+    record = fastavro.schemaless_reader(io.BytesIO(template[5:]), get_schema(1101).definition,
+                                        None)
+    out = []
+    for i, mag in enumerate(mags, start=1):
+        flux = None if mag is None else mag if mag < 0 else 10 ** ((31.4 - mag) / 2.5)
+        ds = {**record["diaSource"], "diaSourceId": i, "diaObjectId": 100 + i, "ra": 10.0,
+              "dec": 20.0, "midpointMjdTai": T0 + 0.1 * i, "psfFlux": flux}
+        out.append(encode_wire({**record, "diaSource": ds}, 1101))
+    return out
+
+
+def test_decoded_rubin_magnitude_rise_selects_the_brightened_alert(tmp_path):
+    from brokers.alert_decoding import decode_wire_many
+    from mmcross.engine import Engine
+    from mmcross.transports import Transports
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"""
+[partners.goto]
+token_sha256 = "{hash_token(TOKEN)}"
+[partners.goto.stream]
+radius_deg = {AS!r}
+time_window = [-1.0, 3.0]
+constraints = {{ mag = {{ max_delta = -0.5 }} }}
+""")
+    config = Config.load(cfg)
+    # detection at mag 18.0; alerts: rise 0.6 (match), 0.4, null flux, flux < 0, rise 2.0
+    batch, errors = decode_wire_many(_packets([17.4, 17.6, None, -300.0, 16.0]))
+    assert errors == []
+    np.testing.assert_allclose(batch.mag, [17.4, 17.6, np.nan, np.nan, 16.0], atol=1e-5)
+    # detection first, alerts later: PartnerStreamMatcher.on_alerts with the batch's mag
+    live = Transports(config)
+    assert live.match_detections(Engine(config), "goto", detections()) == []
+    found = live.match_alerts(batch)
+    assert [f.alert_id for f in found] == [1, 5]
+    assert found[0].deltas["mag"] == pytest.approx(-0.6, abs=1e-5)
+    # alerts first, detection later: matched against the engine's history, mag kept there
+    engine = Engine(config)
+    engine.on_alerts(batch)
+    np.testing.assert_array_equal(engine.history.all().mag, batch.mag)
+    late = Transports(config)
+    assert [f.alert_id for f in late.match_detections(engine, "goto", detections())] == [1, 5]
+
+
+def test_alert_batch_mag_is_kept_by_take_and_concatenate_and_nan_when_absent():
+    with_mag = AlertBatch([1, 2], ["a", "b"], [1.0, 2.0], [0.0, 0.0], [T0, T0], mag=[18.0, 19.5])
+    without = alerts([0.0], [0.0])  # constructed without mag
+    assert without.mag.dtype == np.float64 and np.isnan(without.mag).all()
+    both = AlertBatch.concatenate([with_mag, without])
+    np.testing.assert_array_equal(both.mag, [18.0, 19.5, np.nan])
+    np.testing.assert_array_equal(both.take(np.array([2, 1])).mag, [np.nan, 19.5])
+    np.testing.assert_array_equal(both.take(both.alert_id != 2).mag, [18.0, np.nan])
+    assert len(AlertBatch.empty().mag) == 0
+    with pytest.raises(ValueError, match="mag"):
+        AlertBatch([1], ["a"], [1.0], [0.0], [T0], mag=[1.0, 2.0])

@@ -376,7 +376,7 @@ def test_kill_9_mid_stream_and_restart_delivers_every_report_exactly_once(
     _create_topics(kafka_broker, [names["reports"], names["voevents"], names["dead"]], 2)
     _create_topics(kafka_broker, [GW_TOPIC, GBM_TOPIC], 1)
     cfg = service_config(tmp_path / "c.toml", kafka_broker, names,
-                         notice_topics=[GW_TOPIC, GBM_TOPIC], batch_size=40)
+                         notice_topics=[GW_TOPIC, GBM_TOPIC], batch_size=10)
     config = Config.load(cfg)
     gw, gbm = _events(config, notices)
     g0 = gw.trigger_mjd_tai

@@ -279,12 +279,13 @@ def test_alert_history_round_trip_and_prune(store):
     batch = AlertBatch(np.arange(n, dtype=np.int64) + 10**15,
                        np.array([str(10**17 + i) for i in range(n)], dtype=object),
                        rng.uniform(0, 360, n), rng.uniform(-90, 90, n),
-                       60000.0 + rng.uniform(0, 10, n), is_new=rng.random(n) < 0.3)
+                       60000.0 + rng.uniform(0, 10, n), is_new=rng.random(n) < 0.3,
+                       mag=np.where(rng.random(n) < 0.2, np.nan, rng.uniform(16, 25, n)))
     store.save_alert_history(batch)
     store.save_alert_history(batch.take(np.arange(0, n, 2)))  # duplicates are skipped
     loaded = store.load_alert_history(0.0)
     order = np.argsort(batch.mjd_tai, kind="stable")
-    for name in ("alert_id", "object_id", "ra", "dec", "mjd_tai", "is_new"):
+    for name in ("alert_id", "object_id", "ra", "dec", "mjd_tai", "is_new", "mag"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(batch, name)[order])
     cut = 60005.0
     assert len(store.load_alert_history(cut)) == int(np.sum(batch.mjd_tai >= cut))
