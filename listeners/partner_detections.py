@@ -15,7 +15,7 @@ Dec [-90, 90] deg, errors beyond ``max_error_deg``, times outside MJD
 Over Kafka (:mod:`listeners.partner_kafka`), a message with header ``mmcross-kind: detections``
 carries such a payload under the same signature scheme as event submissions
 (:func:`listeners.partners.sign_submission`); :func:`accept_detections` performs the checks.
-The result is a :class:`PartnerDetections` (plain columns, same fields as
+The result is a :class:`Detections` (plain columns, same fields as
 ``matchers.partner_streams.Detections``, which the stream matcher converts it to).
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from astropy.time import Time
 
 from listeners.partners import PartnerRegistry, SubmissionRefusedError
 from mmcross.alert import check_coordinates
+from mmcross.detections import Detections
 from mmcross.errors import BadCoordinatesError
 
 log = logging.getLogger(__name__)
@@ -48,29 +48,6 @@ RECORD_KEYS = frozenset({"partner", "detection_id", "ra", "dec", "error", "time"
                          "properties"})
 
 
-@dataclass(frozen=True)
-class PartnerDetections:
-    """Validated detections of one partner (columnar).
-
-    Attributes:
-        partner: the partner's name.
-        detection_id: object (str) array of the partner's ids.
-        ra, dec: float64 degrees ICRS.
-        err_deg: float64 1-sigma position error, degrees.
-        mjd_tai: float64 detection time, MJD TAI.
-        properties: name -> float64 array (NaN where a record lacks the value).
-    """
-
-    partner: str
-    detection_id: np.ndarray
-    ra: np.ndarray
-    dec: np.ndarray
-    err_deg: np.ndarray
-    mjd_tai: np.ndarray
-    properties: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.detection_id)
 
 
 def _refuse(where: str, message: str) -> SubmissionRefusedError:
@@ -106,7 +83,7 @@ def _time_mjd_tai(rec: dict[str, Any], where: str) -> float:
 
 def parse_detections(payload: bytes | str, partner: str | None = None, *,
                      max_records: int = MAX_RECORDS, max_error_deg: float = MAX_ERROR_DEG,
-                     where: str = "detections") -> PartnerDetections:
+                     where: str = "detections") -> Detections:
     """Parse and validate a detection payload (one JSON record or a list of them).
 
     Args:
@@ -182,15 +159,14 @@ def parse_detections(payload: bytes | str, partner: str | None = None, *,
     except BadCoordinatesError as exc:
         raise SubmissionRefusedError("bad_coordinates", str(exc)) from exc
     assert partner is not None
-    return PartnerDetections(partner=partner, detection_id=np.asarray(ids, dtype=object),
-                             ra=cols[:, 0].copy(), dec=cols[:, 1].copy(),
-                             err_deg=cols[:, 2].copy(), mjd_tai=cols[:, 3].copy(),
-                             properties=props)
+    return Detections(detection_id=np.asarray(ids, dtype=object), ra=cols[:, 0].copy(),
+                      dec=cols[:, 1].copy(), err_deg=cols[:, 2].copy(),
+                      mjd_tai=cols[:, 3].copy(), properties=props, partner=partner)
 
 
 def accept_detections(registry: PartnerRegistry, partner: str, payload: bytes,
                       signature: str | bytes | None, *, peer_host: str = "",
-                      where: str = "detections") -> PartnerDetections:
+                      where: str = "detections") -> Detections:
     """Authenticate, size-check, rate-limit and parse a partner's detection payload.
 
     The checks of a Kafka event submission: the signature is the partner's

@@ -33,12 +33,7 @@ from confluent_kafka import Consumer, KafkaError, Message
 from lxml import etree
 
 from listeners.dispatch import parse_notice
-from listeners.partner_detections import (
-    KIND_DETECTIONS,
-    KIND_HEADER,
-    PartnerDetections,
-    accept_detections,
-)
+from listeners.partner_detections import KIND_DETECTIONS, KIND_HEADER, accept_detections
 from listeners.partners import (
     PARTNER_HEADER,
     SIGNATURE_HEADER,
@@ -46,6 +41,7 @@ from listeners.partners import (
     SubmissionRefusedError,
 )
 from mmcross.config import Config, notice_options
+from mmcross.detections import Detections
 from mmcross.errors import MmcrossError, NotAnEventError
 from mmcross.event import Event
 from mmcross.vtp_protocol import safe_xml
@@ -70,14 +66,14 @@ class PartnerKafkaConsumer:
         callback: called with each accepted :class:`Event`.
         options: keyword arguments of :func:`listeners.parse_notice`.
         lock: held around each ``callback`` call when given.
-        on_detections: called with ``(partner, PartnerDetections)`` for each accepted
+        on_detections: called with ``(partner, Detections)`` for each accepted
             detections message (header ``mmcross-kind: detections``), under ``lock``.
     """
 
     def __init__(self, kafka_config: Mapping[str, Any], topic: str, registry: PartnerRegistry,
                  callback: Callable[[Event], object], *, options: dict[str, Any] | None = None,
                  lock: AbstractContextManager[Any] | None = None,
-                 on_detections: Callable[[str, PartnerDetections], object] | None = None
+                 on_detections: Callable[[str, Detections], object] | None = None
                  ) -> None:
         conf = {"enable.auto.offset.store": False, "auto.offset.reset": "earliest",
                 **dict(kafka_config)}
@@ -98,7 +94,7 @@ class PartnerKafkaConsumer:
                     callback: Callable[[Event], object], *,
                     registry: PartnerRegistry | None = None, topic: str | None = None,
                     lock: AbstractContextManager[Any] | None = None,
-                    on_detections: Callable[[str, PartnerDetections], object] | None = None
+                    on_detections: Callable[[str, Detections], object] | None = None
                     ) -> PartnerKafkaConsumer:
         """Topic (unless given) and group from ``[submit.kafka]``, partners from
         ``[partners]``; ``kafka_config`` entries win over the configured group."""

@@ -42,15 +42,6 @@ PartnerMatch = StreamMatch
 DEFAULT_MAX_KEPT = 100_000
 
 
-def as_detections(obj: Any) -> Detections:
-    """A :class:`Detections` from itself or any object with its column attributes
-    (e.g. ``listeners.partner_detections.PartnerDetections``)."""
-    if isinstance(obj, Detections):
-        return obj
-    return Detections(obj.detection_id, obj.ra, obj.dec, obj.err_deg, obj.mjd_tai,
-                      dict(obj.properties))
-
-
 def _concat(parts: list[Detections]) -> Detections:
     names = {k for p in parts for k in p.properties}
     props = {k: np.concatenate([p.properties.get(k, np.full(len(p), np.nan)) for p in parts])
@@ -59,12 +50,14 @@ def _concat(parts: list[Detections]) -> Detections:
                       np.concatenate([p.ra for p in parts]),
                       np.concatenate([p.dec for p in parts]),
                       np.concatenate([p.err_deg for p in parts]),
-                      np.concatenate([p.mjd_tai for p in parts]), props)
+                      np.concatenate([p.mjd_tai for p in parts]), props,
+                      partner=parts[0].partner if parts else "")
 
 
 def _take(d: Detections, mask: np.ndarray) -> Detections:
     return Detections(d.detection_id[mask], d.ra[mask], d.dec[mask], d.err_deg[mask],
-                      d.mjd_tai[mask], {k: v[mask] for k, v in d.properties.items()})
+                      d.mjd_tai[mask], {k: v[mask] for k, v in d.properties.items()},
+                      partner=d.partner)
 
 
 class PartnerStreamMatcher:
@@ -112,7 +105,7 @@ class PartnerStreamMatcher:
 
         Args:
             partner: a partner with a stream rule.
-            detections: :class:`Detections` or ``PartnerDetections`` (degrees ICRS, MJD TAI).
+            detections: :class:`mmcross.detections.Detections` (degrees ICRS, MJD TAI).
             alert_history: recent Rubin alerts (e.g. ``engine.history.between(
                 *self.history_window(partner, detections))``).
             alert_properties: per-alert values aligned with ``alert_history`` for property
@@ -122,7 +115,7 @@ class PartnerStreamMatcher:
             The new matches, ordered by detection id then alert id.
         """
         rule = self._rule(partner)
-        det = as_detections(detections)
+        det = detections
         reported = self._reported.setdefault(partner, {})
         fresh = np.array([str(i) not in reported for i in det.detection_id], dtype=bool)
         if len(fresh) and len(set(det.detection_id.tolist())) != len(det):

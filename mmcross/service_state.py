@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from listeners.partner_detections import PartnerDetections
 from matchers.partner_stream_matcher import PartnerMatch
 from mmcross.config import Config
+from mmcross.detections import Detections
 from mmcross.event import Event
 from mmcross.metrics import Metrics
 
@@ -121,7 +121,7 @@ class EngineLoop:
         log.info("notice %s: %s revision %d -> %d reports", event.source, event.event_id,
                  event.revision, len(reports))
 
-    def _apply_detections(self, partner: str, detections: PartnerDetections) -> None:
+    def _apply_detections(self, partner: str, detections: Detections) -> None:
         """Match accepted partner detections against the alert history (loop thread)."""
         assert self.engine is not None
         self.stats.detections += len(detections)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import KafkaError, KafkaException
 
 from brokers.vtp import BroadcasterSettings, VTPBroadcaster
-from listeners.partner_detections import PartnerDetections
 from listeners.partner_kafka import PartnerKafkaConsumer
 from listeners.partners import PartnerRegistry
 from listeners.vtp import VTPListener
@@ -26,6 +25,7 @@ from listeners.vtp_receiver import VTPReceiver
 from matchers.partner_stream_matcher import PartnerMatch, PartnerStreamMatcher
 from mmcross.alert import AlertBatch
 from mmcross.config import Config
+from mmcross.detections import Detections
 from mmcross.engine import Engine
 from mmcross.errors import ConfigError
 from mmcross.event import Event
@@ -182,7 +182,7 @@ class Transports:
         if any(p.stream for p in self.registry.partners.values()):
             self.streams = PartnerStreamMatcher(config, self.registry)
             log.info("partner streams of %s", ", ".join(sorted(self.streams.rules)))
-        self._detections: queue.SimpleQueue[tuple[str, PartnerDetections]] = \
+        self._detections: queue.SimpleQueue[tuple[str, Detections]] = \
             queue.SimpleQueue()
 
     def start(self, engine: Engine, kafka_props: Mapping[str, Any] | None = None) -> None:
@@ -259,7 +259,7 @@ class Transports:
         self.registry.restore([event])
         self.inbox.put(event, wait=self.settings.submit_wait)
 
-    def put_detections(self, partner: str, detections: PartnerDetections) -> None:
+    def put_detections(self, partner: str, detections: Detections) -> None:
         """Queue accepted detections of ``partner`` for the loop (any thread).
 
         Raises:
@@ -273,7 +273,7 @@ class Transports:
         self.inbox.wake.set()
 
     def poll(self, apply: Callable[[Event], object],
-             apply_detections: Callable[[str, PartnerDetections], object] | None = None,
+             apply_detections: Callable[[str, Detections], object] | None = None,
              max_messages: int = 100) -> int:
         """Read the partner topic (if any), apply every queued event, then (when
         ``apply_detections`` is given) every queued detection payload; returns how many
@@ -300,7 +300,7 @@ class Transports:
         return max(n, read)
 
     def match_detections(self, engine: Engine, partner: str,
-                         detections: PartnerDetections) -> list[PartnerMatch]:
+                         detections: Detections) -> list[PartnerMatch]:
         """New matches of ``detections`` with the alerts of ``engine.history`` that could
         match them (the partner's time window); the detections are kept for later alerts."""
         assert self.streams is not None
