@@ -42,28 +42,11 @@ from mmcross.match import Match
 from mmcross.simulate import simulate_night
 from mmcross.vtp_protocol import frame, transport_message
 from tests.test_partners import BAT, GOOD_TOKEN, INTEGRAL, read_packet, result, submit, with_token
-from tests.test_vtp import GBM, free_port
+from tests.test_vtp import GBM, PYGCN_SUBSCRIBER, free_port
 
 PRELIMINARY = "gcn/json/userguide/MS181101ab-preliminary.json"
 RETRACTION = "gcn/json/userguide/MS181101ab-retraction.json"
 WAIT = 60.0  # seconds: bound of every wait, never an assertion on speed
-
-# pygcn's client in its own process: each VOEvent saved as NNNNN.xml, INFO log on stderr
-# (it says "connected to HOST:PORT" once subscribed).
-PYGCN_SUBSCRIBER = """
-import itertools, logging, os, sys
-import gcn
-out = sys.argv[1]
-seq = itertools.count()
-def handler(payload, root):
-    path = os.path.join(out, "%05d.xml" % next(seq))
-    with open(path + ".tmp", "wb") as f:
-        f.write(payload)
-    os.replace(path + ".tmp", path)
-logging.basicConfig(level=logging.INFO)
-gcn.listen(host="127.0.0.1", port=int(sys.argv[2]), handler=handler,
-           ivorn="ivo://mmcross-test/pygcn", iamalive_timeout=60, max_reconnect_timeout=1)
-"""
 
 BASE_CONFIG = """
 [localization]

@@ -52,9 +52,10 @@ BILLION_LAUGHS = b"""<?xml version="1.0"?>
  role="observation" version="2.0"><What><Param name="Packet_Type" value="&d;"/></What>
 </voe:VOEvent>"""
 
-# pygcn's client in its own process, saving each VOEvent it receives as NNNNN.xml.
+# pygcn's client in its own process: each VOEvent saved as NNNNN.xml, INFO log on stderr
+# (it says "connected to HOST:PORT" once subscribed).
 PYGCN_SUBSCRIBER = """
-import logging, os, sys, itertools
+import itertools, logging, os, sys
 import gcn
 out = sys.argv[1]
 seq = itertools.count()
@@ -63,9 +64,9 @@ def handler(payload, root):
     with open(path + ".tmp", "wb") as f:
         f.write(payload)
     os.replace(path + ".tmp", path)
-logging.basicConfig(level=logging.WARNING)
+logging.basicConfig(level=logging.INFO)
 gcn.listen(host="127.0.0.1", port=int(sys.argv[2]), handler=handler,
-           ivorn="ivo://mmcross-test/pygcn", iamalive_timeout=60, max_reconnect_timeout=2)
+           ivorn="ivo://mmcross-test/pygcn", iamalive_timeout=60, max_reconnect_timeout=1)
 """
 
 
