@@ -8,7 +8,6 @@ and the report topic must hold every expected report exactly once, message by me
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.test_service_kafka import (
     _read_all,
     _wait,
     produce_notices,
+    running,
     service_config,
     unique_names,
 )
@@ -57,9 +57,7 @@ def test_service_resumes_by_itself_after_the_broker_restarts(
     assert _inside(night, gw, 0.9) <= set(expected) and len(expected) >= 8
 
     service = ListenService(config, Store(f"sqlite:///{tmp_path / 'live.sqlite'}"), env={})
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    try:
+    with running(service) as thread:
         produce_notices(bootstrap, names["gw"], [notice.read_bytes()])
         _wait(lambda: service.engine is not None and gw.event_id in service.engine.index,
               "notice applied")
@@ -75,10 +73,6 @@ def test_service_resumes_by_itself_after_the_broker_restarts(
               "every alert committed after the restart")
         assert thread.is_alive()
         assert service.stats.transport_errors > errors_before  # it did see the outage
-    finally:
-        service.stop()
-        thread.join(30)
-    assert not thread.is_alive()
 
     reports = _read_all(bootstrap, names["reports"])
     counts = Counter(m.key().decode() for m in reports)

@@ -10,6 +10,7 @@ the 90% credible regions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import struct
@@ -126,6 +127,19 @@ def _committed(bootstrap: str, group: str, topic: str) -> int:
     finally:
         c.close()
     return sum(tp.offset for tp in got if tp.offset > 0)
+
+
+@contextlib.contextmanager
+def running(service):
+    """Run a service's loop in a thread for the ``with`` block; it must stop cleanly after."""
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        service.stop()
+        thread.join(30)
+    assert not thread.is_alive(), "the service did not stop within 30 s"
 
 
 def _wait(condition, what: str) -> None:

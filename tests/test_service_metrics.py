@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import struct
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from tests.test_service_kafka import (
     _produce,
     _wait,
     produce_notices,
+    running,
     service_config,
     unique_names,
 )
@@ -106,9 +106,7 @@ def test_metrics_endpoint_and_status_during_a_run(
 
     db = f"sqlite:///{tmp_path / 'live.sqlite'}"
     service = ListenService(config, Store(db), env={}, metrics_port=0)
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    try:
+    with running(service):
         _wait(lambda: service.metrics_server is not None, "metrics endpoint up")
         url = service.metrics_server.url
         text, scraped = _scrape(url)
@@ -151,8 +149,4 @@ def test_metrics_endpoint_and_status_during_a_run(
         assert status["service"]["dead_letters"] == 3
         assert main(["status", "--db", db, "--metrics-url", url]) == 0
         assert f"live events: {gw.event_id}" in capsys.readouterr().out
-    finally:
-        service.stop()
-        thread.join(30)
-    assert not thread.is_alive()
     assert service.metrics_server is None  # closed with the service

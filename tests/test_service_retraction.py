@@ -8,7 +8,6 @@ message, one match record and one revocation record per expected match, and noth
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from tests.test_service_kafka import (
     _read_all,
     _wait,
     produce_notices,
+    running,
     service_config,
     unique_names,
 )
@@ -61,9 +61,7 @@ def test_retraction_revokes_each_report_exactly_once_on_the_report_topic(
 
     db = f"sqlite:///{tmp_path / 'live.sqlite'}"
     service = ListenService(config, Store(db), env={})
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    try:
+    with running(service):
         produce_notices(kafka_broker, names["gw"], [prelim_path.read_bytes()])
         _wait(lambda: service.engine is not None and prelim.event_id in service.engine.index,
               "preliminary notice applied")
@@ -75,10 +73,6 @@ def test_retraction_revokes_each_report_exactly_once_on_the_report_topic(
         _wait(lambda: prelim.event_id not in service.engine.index, "retraction applied")
         _wait(lambda: _count(kafka_broker, names["reports"]) >= 2 * len(expected),
               "revocation reports")
-    finally:
-        service.stop()
-        thread.join(30)
-    assert not thread.is_alive()
 
     reports = _read_all(kafka_broker, names["reports"])
     kinds = Counter()
