@@ -4,7 +4,7 @@ Rubin packets arrive in the Confluent wire format: byte ``0x00``, the schema id 
 big-endian integer (``major * 100 + minor``), then the schemaless Avro body. Only what
 matching needs is decoded: the body's prefix up to ``diaSource``, then the two varints that
 follow it, which say whether ``prvDiaSources`` is null/empty (first detection). Many packets
-are decoded at once by the numba kernel of :mod:`brokers.avro_skip` (straight from a buffer
+are decoded at once by the numba kernel of :mod:`mmcross.brokers.avro_skip` (straight from a buffer
 such as a memory-mapped file); a schema that kernel cannot express falls back to fastavro
 with the schema's prefix writer schema. The packet bytes are kept whole.
 
@@ -34,10 +34,10 @@ import fastavro
 import numpy as np
 from astropy.time import Time
 
-from brokers import avro_skip
-from brokers.rubin_schemas import RubinSchema, get_schema, schema_id_from_name
-from mmcross.alert import AlertBatch
-from mmcross.errors import BadAlertError
+from mmcross.brokers import avro_skip
+from mmcross.brokers.rubin_schemas import RubinSchema, get_schema
+from mmcross.model.alert import AlertBatch
+from mmcross.model.errors import BadAlertError
 
 log = logging.getLogger(__name__)
 
@@ -408,12 +408,6 @@ def encode_wire(record: dict[str, Any], schema_id: int) -> bytes:
 def wire_header(schema_id: int) -> bytes:
     """The 5-byte Confluent wire-format header for ``schema_id``."""
     return _HEADER.pack(WIRE_MAGIC, schema_id)
-
-
-def rubin_schema_of(record_name: str, source: str = "") -> RubinSchema | None:
-    """The registered schema for a record name like ``"lsst.v9_0.alert"``, else ``None``."""
-    sid = schema_id_from_name(record_name)
-    return None if sid is None else get_schema(sid, source=source)
 
 
 def ztf_rows(records: Sequence[dict[str, Any]], sources: Sequence[str],

@@ -12,7 +12,7 @@ Three file kinds are recognised by their first bytes:
   store many Rubin alerts: finding a record's end in a container file means skipping the
   whole record, while a wire stream only decodes each packet's prefix. A wire stream is
   memory-mapped: frames are found and prefixes decoded by numba kernels
-  (:mod:`brokers.avro_skip`) straight from the mapping, and the kept packets are zero-copy
+  (:mod:`mmcross.brokers.avro_skip`) straight from the mapping, and the kept packets are zero-copy
   ``memoryview`` slices of it (``bytes(packet)`` gives the bytes). The mapping stays open
   while any of those packets is referenced and is unmapped when the last one goes.
 
@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 import fastavro
 import numpy as np
 
-from brokers.alert_decoding import (
+from mmcross.brokers.alert_decoding import (
     AlertRow,
     decode_buffer,
     decode_rubin_body,
@@ -42,10 +42,10 @@ from brokers.alert_decoding import (
     wire_header,
     ztf_rows,
 )
-from brokers.avro_skip import find_frames
-from brokers.rubin_schemas import get_schema, schema_id_from_name
-from mmcross.alert import AlertBatch
-from mmcross.errors import BadAlertError
+from mmcross.brokers.avro_skip import find_frames
+from mmcross.brokers.rubin_schemas import get_schema, schema_id_from_name
+from mmcross.model.alert import AlertBatch
+from mmcross.model.errors import BadAlertError
 
 log = logging.getLogger(__name__)
 
@@ -81,33 +81,17 @@ def write_wire_directory(directory: str | Path, messages: Iterable[bytes],
     return n
 
 
-def iter_wire_stream(f: BinaryIO, path: str) -> Iterator[tuple[int, bytes]]:
-    """(index, message) of a wire stream positioned after its magic."""
-    i = 0
-    while True:
-        head = f.read(_LEN.size)
-        if not head:
-            return
-        if len(head) < _LEN.size:
-            raise BadAlertError(f"{path}#{i}: wire stream truncated in a length prefix")
-        (size,) = _LEN.unpack(head)
-        message = f.read(size)
-        if len(message) < size:
-            raise BadAlertError(f"{path}#{i}: wire stream truncated ({len(message)} of {size} "
-                                "bytes)")
-        yield i, message
-        i += 1
-
-
-def expand_paths(paths: Iterable[str | Path] | str | Path) -> list[Path]:
-    """Files and directories -> the alert files, directories expanded (sorted, recursive)."""
+def expand_paths(paths: Iterable[str | Path] | str | Path,
+                 suffixes: tuple[str, ...] = ALERT_SUFFIXES) -> list[Path]:
+    """Files and directories -> files, each directory expanded to its files with one of
+    ``suffixes`` (sorted, recursive). Other paths are kept as given, missing ones included:
+    the reader reports them."""
     if isinstance(paths, str | Path):
         paths = [paths]
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*")
-                              if q.is_file() and q.suffix in ALERT_SUFFIXES))
+            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in suffixes))
         else:
             out.append(p)
     return out

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numba
 import numpy as np
 
-from brokers.rubin_schemas import RubinSchema, get_schema, known_schema_ids
+from mmcross.brokers.rubin_schemas import RubinSchema, get_schema, known_schema_ids
 
 log = logging.getLogger(__name__)
 

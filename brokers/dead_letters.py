@@ -63,7 +63,7 @@ class DeadLetters:
     """Sends refused messages to ``topic`` with :meth:`send`.
 
     Args:
-        producer: the :class:`brokers.kafka_reports.AckedProducer` shared with the report
+        producer: the :class:`mmcross.brokers.kafka_reports.AckedProducer` shared with the report
             sink (anything with ``produce(topic, key, value, headers)``), so that one
             acknowledgement covers reports and dead letters before offsets are committed.
         topic: the dead-letter topic.

@@ -2,7 +2,7 @@
 
 Messages are Confluent wire-format Avro (magic byte, schema id, schemaless body); the schema
 is chosen by its id from a Schema Registry when configured, else from lsst-alert-packet
-(:mod:`brokers.kafka_schemas`); a poll's messages are decoded together by the compiled
+(:mod:`mmcross.brokers.kafka_schemas`); a poll's messages are decoded together by the compiled
 prefix decoder. The consumer joins a consumer group, so N ``mmcross listen`` processes with
 the same group id share the alert partitions. Nothing is committed automatically:
 :meth:`AlertConsumer.commit` commits the offsets of a polled batch once the caller has dealt
@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from brokers.alert_decoding import AlertRow, decode_wire_many, rows_to_batch
-from brokers.dead_letters import SourceRef
-from brokers.kafka_schemas import SchemaResolver
-from mmcross.alert import AlertBatch
-from mmcross.errors import BadAlertError
+from mmcross.brokers.alert_decoding import AlertRow, decode_wire_many, rows_to_batch
+from mmcross.brokers.dead_letters import SourceRef
+from mmcross.brokers.kafka_schemas import SchemaResolver
+from mmcross.model.alert import AlertBatch
+from mmcross.model.errors import BadAlertError
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,12 @@ class AlertConsumer:
     """Consumer-group reader of wire-format alerts.
 
     Args:
-        config: librdkafka properties (see :func:`brokers.kafka_config.alert_consumer_config`).
+        config: librdkafka properties (see
+        :func:`mmcross.brokers.kafka_config.alert_consumer_config`).
         topics: alert topics to subscribe to.
         on_error: called with each transport-level error (for back-off and logging).
         keep_packets: keep each alert's packet bytes in the batch.
-        schemas: schema look-up (a Schema Registry, see :mod:`brokers.kafka_schemas`);
+        schemas: schema look-up (a Schema Registry, see :mod:`mmcross.brokers.kafka_schemas`);
             default: lsst-alert-packet only.
     """
 

@@ -27,8 +27,8 @@ from typing import Any
 
 from gcn_kafka import config_from_env
 
-from mmcross.config import Config
-from mmcross.errors import ConfigError
+from mmcross.model.config import Config
+from mmcross.model.errors import ConfigError
 
 ENV_PREFIX = "KAFKA_"
 GCN_ENV_PREFIX = "GCN_KAFKA_"

@@ -10,7 +10,7 @@ record on the report topic (value: schemaless Avro ``mmcross.match_report``, the
 JSON Lines; key: ``event_id|alert_id``, so a compacted topic keeps the latest state; a
 revocation is its own record with ``retracted = true``) and, when configured, one counterpart
 (or retraction) VOEvent on the VOEvent topic with the same key. Once acknowledged, the
-deliveries are written to the store (:meth:`catalogs.Store.mark_delivered`); at start-up,
+deliveries are written to the store (:meth:`mmcross.model.store.Store.mark_delivered`); at start-up,
 :meth:`KafkaReportSink.redeliver` sends the stored reports a crash left undelivered, after
 checking the topic's recent records so that none is sent twice.
 """
@@ -32,12 +32,12 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from brokers.reports import match_to_avro
-from brokers.voevent_out import counterpart_voevent, retraction_voevent
-from mmcross.match import Match
+from mmcross.brokers.reports import match_to_avro
+from mmcross.brokers.voevent_out import counterpart_voevent, retraction_voevent
+from mmcross.model.match import Match
 
 if TYPE_CHECKING:
-    from catalogs import Store
+    from mmcross.model.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def _delivery_key_of(msg) -> str:
 
 
 class PartnerMatchSink:
-    """Partner stream matches (``matchers.partner_streams.StreamMatch``) to a Kafka topic.
+    """Partner stream matches (``mmcross.matchers.partner_streams.StreamMatch``) to a Kafka topic.
 
     Each match becomes one record through the shared :class:`AckedProducer` (so the service's
     acknowledgement before committing its input offsets covers them too): key

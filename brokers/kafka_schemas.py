@@ -3,7 +3,7 @@
 With ``[kafka] schema_registry_url`` set, the schema of an unseen id is fetched once with the
 Confluent REST API (``GET <url>/schemas/ids/<id>`` -> ``{"schema": "<Avro schema JSON>"}``)
 and kept; when the registry does not know the id (HTTP 404) or cannot be reached, the
-schemas shipped by lsst-alert-packet (:mod:`brokers.rubin_schemas`) answer instead. A failed
+schemas shipped by lsst-alert-packet (:mod:`mmcross.brokers.rubin_schemas`) answer instead. A failed
 look-up is not retried for ``retry_after`` seconds, so a registry outage costs one request per
 id per minute, not one per message.
 """
@@ -16,21 +16,21 @@ import time
 import urllib.error
 import urllib.request
 
-from brokers.alert_decoding import (
+from mmcross.brokers.alert_decoding import (
     AlertRow,
     decode_rubin_body,
     decode_rubin_body_fastavro,
     decode_wire_row,
     split_wire,
 )
-from brokers.rubin_schemas import (
+from mmcross.brokers.rubin_schemas import (
     RubinSchema,
     build_schema,
     get_schema,
     known_schema_ids,
     schema_id_from_name,
 )
-from mmcross.errors import BadAlertError
+from mmcross.model.errors import BadAlertError
 
 log = logging.getLogger(__name__)
 

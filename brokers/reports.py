@@ -1,7 +1,7 @@
 """Match reports on disk and on the wire: Avro (``config/match_report.avsc``) and JSON Lines.
 
 The Avro record ``mmcross.match_report`` has exactly the fields of
-:class:`mmcross.match.Match` (the distance fields nullable); :func:`match_to_avro` writes it
+:class:`mmcross.model.match.Match` (the distance fields nullable); :func:`match_to_avro` writes it
 schemaless (the Kafka message value), :func:`match_from_avro` reads it back.
 :class:`JsonLinesWriter` appends one JSON object per match and line, and flushes and fsyncs
 after every batch, so a crash loses at most the batch being written.
@@ -22,8 +22,8 @@ from typing import Any
 
 import fastavro
 
-from config import CONFIG_DIR
-from mmcross.match import Match
+from mmcross.config import CONFIG_DIR
+from mmcross.model.match import Match
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import fastavro
 from lsst.alert.packet import SchemaRegistry
 from lsst.alert.packet.schema import get_latest_schema_version
 
-from mmcross.errors import BadAlertError
+from mmcross.model.errors import BadAlertError
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from brokers.reports import JsonLinesWriter
-from brokers.voevent_out import counterpart_voevent, retraction_voevent
-from mmcross.match import Match
+from mmcross.brokers.reports import JsonLinesWriter
+from mmcross.brokers.voevent_out import counterpart_voevent, retraction_voevent
+from mmcross.model.match import Match
 
 JsonLinesSink = JsonLinesWriter
 

@@ -37,8 +37,8 @@ from typing import Any
 
 import fastavro
 
-from brokers.alert_files import CONTAINER_MAGIC, WIRE_STREAM_MAGIC
-from mmcross.errors import ConfigError
+from mmcross.brokers.alert_files import CONTAINER_MAGIC, WIRE_STREAM_MAGIC
+from mmcross.model.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def detections_partner(item: SpoolFile, inbox: Path) -> str:
 class PartnerMatchFile:
     """Append partner stream matches to ``partner_matches.jsonl``, one JSON object per line
     (the match's ``to_json()``), durably: flush + fsync per :meth:`write` call, as
-    :class:`brokers.reports.JsonLinesWriter` does for event matches.
+    :class:`mmcross.brokers.reports.JsonLinesWriter` does for event matches.
     """
 
     def __init__(self, path: str | Path) -> None:

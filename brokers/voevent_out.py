@@ -18,7 +18,7 @@ from urllib.parse import quote
 import voeventparse as vp
 from lxml import etree
 
-from mmcross.match import Match
+from mmcross.model.match import Match
 
 log = logging.getLogger(__name__)
 

@@ -32,12 +32,12 @@ from typing import Any
 
 from lxml import etree
 
-from brokers.voevent_out import counterpart_voevent, retraction_voevent
-from mmcross.config import Config
-from mmcross.errors import ConfigError
-from mmcross.event import EventKind
-from mmcross.match import Match
-from mmcross.vtp_protocol import LENGTH, frame, safe_xml, transport_message
+from mmcross.brokers.voevent_out import counterpart_voevent, retraction_voevent
+from mmcross.model.config import Config
+from mmcross.model.errors import ConfigError
+from mmcross.model.event import EventKind
+from mmcross.model.match import Match
+from mmcross.vtp.base import LENGTH, frame, safe_xml, transport_message
 
 log = logging.getLogger(__name__)
 

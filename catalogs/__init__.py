@@ -3,6 +3,6 @@
 SQLite file by default (``sqlite:///mmcross.sqlite``), PostgreSQL in production.
 """
 
-from catalogs.store import Store, mask_url
+from mmcross.catalogs.store import Store, mask_url
 
 __all__ = ["Store", "mask_url"]

@@ -3,11 +3,11 @@
 SQLite (a file, WAL journal, foreign keys on) by default; PostgreSQL for production
 (``postgresql+psycopg2://user:password@host:port/db``). Every public method runs in one
 transaction: it commits as a whole or not at all, so a crash never leaves half-written
-state. Database failures are raised as :class:`mmcross.errors.StoreError` naming the
+state. Database failures are raised as :class:`mmcross.model.errors.StoreError` naming the
 operation and the URL (password masked).
 
 Times are stored twice: ISO 8601 UTC strings (exact, to rebuild astropy ``Time``) and
-MJD TAI floats (days, for queries). See :mod:`catalogs.models` for every column's unit.
+MJD TAI floats (days, for queries). See :mod:`mmcross.catalogs.models` for every column's unit.
 """
 
 from __future__ import annotations
@@ -28,11 +28,18 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from catalogs.models import AlertHistoryRow, Base, DeliveryRow, EventRevisionRow, EventRow, MatchRow
-from mmcross.alert import AlertBatch
-from mmcross.errors import StoreError
-from mmcross.event import Event, EventKind, NoticeAction
-from mmcross.match import Match
+from mmcross.catalogs.models import (
+    AlertHistoryRow,
+    Base,
+    DeliveryRow,
+    EventRevisionRow,
+    EventRow,
+    MatchRow,
+)
+from mmcross.model.alert import AlertBatch
+from mmcross.model.errors import StoreError
+from mmcross.model.event import Event, EventKind, NoticeAction
+from mmcross.model.match import Match
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +317,7 @@ class Store:
     def _event_from_row(self, row: EventRevisionRow) -> Event:
         localization = None
         if row.localization is not None:
-            from mmcross.localization import Localization
+            from mmcross.model.localization import Localization
 
             try:
                 localization = Localization.from_fits(bytes(row.localization))

@@ -11,18 +11,15 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from astropy.time import Time
 
-from mmcross.errors import BadNoticeError, NotAnEventError
-from mmcross.event import Event, EventKind, NoticeAction
+from mmcross.model.errors import BadNoticeError, NotAnEventError
+from mmcross.model.event import Event, EventKind, NoticeAction
 
 logger = logging.getLogger(__name__)
 
-#: Truncated Julian Day zero point: TJD = JD - 2440000.5 = MJD - 40000 (GCN convention).
-TJD_TO_MJD = 40000.0
 
 
 @dataclass
@@ -108,17 +105,6 @@ def parse_time(text: Any, ctx: NoticeContext, what: str) -> Time:
         t = Time(t.mjd - offset_minutes / 1440.0, format="mjd", scale="utc")
         t.format = "isot"
     return t
-
-
-def time_from_tjd_sod(tjd: Any, sod: Any, ctx: NoticeContext, what: str) -> Time:
-    """GCN ``*_TJD`` (truncated Julian day) + ``*_SOD`` (seconds of UTC day) -> UTC Time."""
-    day = to_float(tjd, ctx, f"{what} TJD")
-    sec = to_float(sod, ctx, f"{what} SOD")
-    return Time(day + TJD_TO_MJD + sec / 86400.0, format="mjd", scale="utc")
-
-
-def now_utc() -> Time:
-    return Time(datetime.now(UTC))
 
 
 # --------------------------------------------------------------------------- numbers

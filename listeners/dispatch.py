@@ -1,9 +1,9 @@
-"""Format sniffing and routing: bytes in, :class:`mmcross.event.Event` out.
+"""Format sniffing and routing: bytes in, :class:`mmcross.model.event.Event` out.
 
 The payload's format is sniffed (XML VOEvent, JSON, Avro container) and refined by the GCN
 Kafka topic when given; the mission is then taken from the VOEvent IVORN / Packet_Type, the
 JSON ``$schema`` path, ``mission`` field or LVK fields. Every failure on bad input surfaces
-as an :mod:`mmcross.errors` exception (BadNoticeError and its subclasses
+as an :mod:`mmcross.model.errors` exception (BadNoticeError and its subclasses
 NotAnEventError / UnsupportedMissionError, or BadSkymapError for a broken embedded map).
 """
 
@@ -15,12 +15,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-from listeners import einstein_probe, fermi, icecube, integral, lvk, svom, swift
-from listeners.common import NoticeContext
-from listeners.gcn_unified import parse_unified, slug
-from listeners.voevent import parse_voevent
-from mmcross.errors import BadNoticeError, MmcrossError, NotAnEventError, UnsupportedMissionError
-from mmcross.event import Event
+from mmcross.listeners import einstein_probe, fermi, icecube, integral, lvk, svom, swift
+from mmcross.listeners.common import NoticeContext
+from mmcross.listeners.gcn_unified import parse_unified, slug
+from mmcross.listeners.voevent import parse_voevent
+from mmcross.model.errors import (
+    BadNoticeError,
+    MmcrossError,
+    NotAnEventError,
+    UnsupportedMissionError,
+)
+from mmcross.model.event import Event
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from listeners.common import NoticeContext, first_id
-from listeners.gcn_unified import parse_unified
-from mmcross.event import Event, EventKind
+from mmcross.listeners.common import NoticeContext, first_id
+from mmcross.listeners.gcn_unified import parse_unified
+from mmcross.model.event import Event, EventKind
 
 
 def parse(d: dict[str, Any], ctx: NoticeContext) -> Event:

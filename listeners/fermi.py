@@ -2,7 +2,7 @@
 
 Event ids: ``fermi-gbm:<TrigID>`` for every GBM notice of one trigger (Alert, FLT_POS,
 GND_POS, FIN_POS), ``fermi-gbm-subthresh:<Trans_Num>`` for sub-threshold candidates and
-``fermi-lat:<TrigID>`` for LAT. Radii follow :mod:`listeners.radii`.
+``fermi-lat:<TrigID>`` for LAT. Radii follow :mod:`mmcross.listeners.radii`.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import logging
 
 from astropy.time import Time
 
-from listeners import localize
-from listeners.common import NoticeContext, check_radec, optional_float, to_int
-from listeners.radii import CONVENTIONS, circle_spec
-from listeners.voevent import VOEventDoc
-from mmcross.errors import NotAnEventError, UnsupportedMissionError
-from mmcross.event import Event, EventKind, NoticeAction
+from mmcross.listeners import localize
+from mmcross.listeners.common import NoticeContext, check_radec, optional_float, to_int
+from mmcross.listeners.radii import CONVENTIONS, circle_spec
+from mmcross.listeners.voevent import VOEventDoc
+from mmcross.model.errors import NotAnEventError, UnsupportedMissionError
+from mmcross.model.event import Event, EventKind, NoticeAction
 
 logger = logging.getLogger(__name__)
 

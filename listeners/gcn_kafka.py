@@ -6,7 +6,7 @@ process (it then resumes from its own commits, see :meth:`NoticeConsumer.commit`
 one per start reading from the earliest retained notice (events already in the store are
 dropped by the index as duplicates).
 
-Each message is parsed with :func:`listeners.parse_notice` with ``topic=msg.topic()`` and
+Each message is parsed with :func:`mmcross.listeners.parse_notice` with ``topic=msg.topic()`` and
 ``source="topic/partition/offset"``; the result, an event or the refusal, comes back with the
 message's coordinates so that the caller can dead-letter it.
 """
@@ -21,9 +21,9 @@ from typing import Any
 import gcn_kafka
 from confluent_kafka import KafkaError, TopicPartition
 
-from listeners.dispatch import parse_notice
-from mmcross.errors import MmcrossError
-from mmcross.event import Event
+from mmcross.listeners.dispatch import parse_notice
+from mmcross.model.errors import MmcrossError
+from mmcross.model.event import Event
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,13 @@ class NoticeConsumer:
     """Reads GCN notice topics with :class:`gcn_kafka.Consumer` and parses each message.
 
     Args:
-        config: librdkafka properties (see :func:`brokers.kafka_config.gcn_consumer_config`).
+        config: librdkafka properties (see
+        :func:`mmcross.brokers.kafka_config.gcn_consumer_config`).
         topics: GCN topic names, e.g. ``["igwn.gwalert",
             "gcn.classic.voevent.FERMI_GBM_GND_POS"]``.
         credentials: ``client_id``, ``client_secret``, ``domain`` for GCN (None: not used).
-        notice_options: keyword arguments of :func:`listeners.parse_notice`
-            (``mmcross.config.notice_options(config)``).
+        notice_options: keyword arguments of :func:`mmcross.listeners.parse_notice`
+            (``mmcross.model.config.notice_options(config)``).
         commits: commit offsets (only with a stable, per-process group id).
         on_error: called with each transport-level error.
     """

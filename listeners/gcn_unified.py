@@ -19,8 +19,8 @@ from typing import Any
 
 from astropy.coordinates import angular_separation
 
-from listeners import localize
-from listeners.common import (
+from mmcross.listeners import localize
+from mmcross.listeners.common import (
     NoticeContext,
     check_radec,
     first_id,
@@ -29,10 +29,10 @@ from listeners.common import (
     retraction_event,
     to_float,
 )
-from listeners.fermi import ROBOBA_2019
-from listeners.radii import CircleSpec, circle_spec
-from mmcross.errors import NotAnEventError
-from mmcross.event import Event, EventKind
+from mmcross.listeners.fermi import ROBOBA_2019
+from mmcross.listeners.radii import CircleSpec, circle_spec
+from mmcross.model.errors import NotAnEventError
+from mmcross.model.event import Event, EventKind
 
 logger = logging.getLogger(__name__)
 

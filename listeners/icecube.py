@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from listeners import localize
-from listeners.common import (
+from mmcross.listeners import localize
+from mmcross.listeners.common import (
     NoticeContext,
     check_radec,
     first_id,
@@ -22,10 +22,10 @@ from listeners.common import (
     to_float,
     to_int,
 )
-from listeners.radii import circle_spec
-from listeners.voevent import VOEventDoc
-from mmcross.errors import NotAnEventError, UnsupportedMissionError
-from mmcross.event import Event, EventKind, NoticeAction
+from mmcross.listeners.radii import circle_spec
+from mmcross.listeners.voevent import VOEventDoc
+from mmcross.model.errors import NotAnEventError, UnsupportedMissionError
+from mmcross.model.event import Event, EventKind, NoticeAction
 
 logger = logging.getLogger(__name__)
 

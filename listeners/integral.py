@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 
-from listeners import localize
-from listeners.common import NoticeContext, check_radec, optional_float, to_int
-from listeners.radii import circle_spec
-from listeners.voevent import VOEventDoc
-from mmcross.errors import NotAnEventError, UnsupportedMissionError
-from mmcross.event import Event, EventKind
+from mmcross.listeners import localize
+from mmcross.listeners.common import NoticeContext, check_radec, optional_float, to_int
+from mmcross.listeners.radii import circle_spec
+from mmcross.listeners.voevent import VOEventDoc
+from mmcross.model.errors import NotAnEventError, UnsupportedMissionError
+from mmcross.model.event import Event, EventKind
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Build :class:`mmcross.localization.Localization` objects for parsed notices.
+"""Build :class:`mmcross.model.localization.Localization` objects for parsed notices.
 
 Thin wrappers over the Localization constructors that turn any failure into an mmcross
 error naming the notice source (a listener never lets a ``ValueError`` escape).
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 
-from listeners.common import NoticeContext
-from listeners.radii import CircleSpec
-from mmcross.errors import MmcrossError
-from mmcross.localization import Localization
+from mmcross.listeners.common import NoticeContext
+from mmcross.listeners.radii import CircleSpec
+from mmcross.model import shapes
+from mmcross.model.errors import MmcrossError
+from mmcross.model.localization import Localization
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def circle(ctx: NoticeContext, ra: float, dec: float, spec: CircleSpec) -> Local
     if not 0.0 < spec.containment < 1.0:
         raise ctx.bad(f"containment {spec.containment} is not in (0, 1)")
     radius = min(max(spec.radius, MIN_RADIUS_DEG), 179.0)
-    return _build(ctx, "circle", lambda: Localization.from_circle(
+    return _build(ctx, "circle", lambda: shapes.circle(
         ra, dec, radius, spec.containment, model=spec.model, tolerance=ctx.tolerance,
         max_order=ctx.max_order))
 
@@ -41,7 +42,7 @@ def ellipse(ctx: NoticeContext, ra: float, dec: float, semi_major: float, semi_m
         raise ctx.bad(f"containment {containment} is not in (0, 1)")
     a, b = max(semi_major, semi_minor), min(semi_major, semi_minor)
     pa = position_angle if semi_major >= semi_minor else position_angle + 90.0
-    return _build(ctx, "ellipse", lambda: Localization.from_ellipse(
+    return _build(ctx, "ellipse", lambda: shapes.ellipse(
         ra, dec, max(a, MIN_RADIUS_DEG), max(b, MIN_RADIUS_DEG), pa % 180.0, containment,
         tolerance=ctx.tolerance, max_order=ctx.max_order))
 
@@ -52,7 +53,7 @@ def box(ctx: NoticeContext, ra: float, dec: float, ra_plus: float, ra_minus: flo
     errs = (ra_plus, ra_minus, dec_plus, dec_minus)
     if not all(e > 0.0 for e in errs):
         raise ctx.bad(f"asymmetric errors {errs} deg are not all positive")
-    return _build(ctx, "box", lambda: Localization.from_box(
+    return _build(ctx, "box", lambda: shapes.box(
         ra, dec, *(max(e, MIN_RADIUS_DEG) for e in errs), containment,
         tolerance=ctx.tolerance, max_order=ctx.max_order))
 

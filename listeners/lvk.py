@@ -18,11 +18,11 @@ from typing import Any
 
 import fastavro
 
-from listeners import localize
-from listeners.common import NoticeContext, jsonable, optional_float, parse_time, pick
-from listeners.voevent import VOEventDoc
-from mmcross.errors import UnsupportedMissionError
-from mmcross.event import Event, EventKind, NoticeAction
+from mmcross.listeners import localize
+from mmcross.listeners.common import NoticeContext, jsonable, optional_float, parse_time, pick
+from mmcross.listeners.voevent import VOEventDoc
+from mmcross.model.errors import UnsupportedMissionError
+from mmcross.model.event import Event, EventKind, NoticeAction
 
 logger = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ Unknown keys are refused, as are non-numeric values, coordinates outside RA [0, 
 Dec [-90, 90] deg, errors beyond ``max_error_deg``, times outside MJD
 [:data:`MIN_MJD`, :data:`MAX_MJD`], duplicate ids and more than ``max_records`` records.
 
-Over Kafka (:mod:`listeners.partner_kafka`), a message with header ``mmcross-kind: detections``
-carries such a payload under the same signature scheme as event submissions
-(:func:`listeners.partners.sign_submission`); :func:`accept_detections` performs the checks.
+Over Kafka (:mod:`mmcross.listeners.partner_kafka`), a message with header ``mmcross-kind:
+detections`` carries such a payload under the same signature scheme as event submissions
+(:func:`mmcross.listeners.partners.sign_submission`); :func:`accept_detections` performs the checks.
 The result is a :class:`Detections` (plain columns, same fields as
-``matchers.partner_streams.Detections``, which the stream matcher converts it to).
+``mmcross.matchers.partner_streams.Detections``, which the stream matcher converts it to).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 from astropy.time import Time
 
-from listeners.partners import PartnerRegistry, SubmissionRefusedError
-from mmcross.alert import check_coordinates
-from mmcross.detections import Detections
-from mmcross.errors import BadCoordinatesError
+from mmcross.listeners.partners import PartnerRegistry, SubmissionRefusedError
+from mmcross.model.alert import check_coordinates
+from mmcross.model.detections import Detections
+from mmcross.model.errors import BadCoordinatesError
 
 log = logging.getLogger(__name__)
 

@@ -4,19 +4,19 @@ Each message on the submission topic (``[submit.kafka] topic``) carries:
 
 * key: the partner name (or header ``mmcross-partner``, which wins when both are present);
 * header ``mmcross-signature``: ``hex(HMAC-SHA256(key=sha256(token), msg=name + "\\n" +
-  value))`` (:func:`listeners.partners.sign_submission`);
+  value))`` (:func:`mmcross.listeners.partners.sign_submission`);
 * value: a VOEvent (XML) or a JSON notice in the GCN unified schema.
 
-The checks are those of the VTP receiver (:mod:`listeners.vtp_receiver`): credential, the
+The checks are those of the VTP receiver (:mod:`mmcross.listeners.vtp_receiver`): credential, the
 partner's size cap, formats and token bucket, safe XML (a DOCTYPE is refused, no entities are
-expanded), then :func:`listeners.parse_notice`. Refusals are logged with
+expanded), then :func:`mmcross.listeners.parse_notice`. Refusals are logged with
 ``topic/partition/offset`` and counted in :attr:`PartnerKafkaConsumer.stats` under the same
 reason names; a refused message is skipped (its offset still committed), so one bad message
 never blocks the topic. Accepted events get ``source = "partner:<name> kafka:<t>/<p>/<o>"``,
 are recorded in the registry and handed to ``callback`` (e.g. ``engine.on_notice``).
 
 A message with header ``mmcross-kind: detections`` carries the partner's own transient
-detections instead (:mod:`listeners.partner_detections`, same signature, size cap and token
+detections instead (:mod:`mmcross.listeners.partner_detections`, same signature, size cap and token
 bucket); accepted ones go to ``on_detections(partner, detections)`` (refused as
 ``detections_not_enabled`` when none was given) and are counted as ``detections_accepted``.
 """
@@ -32,19 +32,19 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message
 from lxml import etree
 
-from listeners.dispatch import parse_notice
-from listeners.partner_detections import KIND_DETECTIONS, KIND_HEADER, accept_detections
-from listeners.partners import (
+from mmcross.listeners.dispatch import parse_notice
+from mmcross.listeners.partner_detections import KIND_DETECTIONS, KIND_HEADER, accept_detections
+from mmcross.listeners.partners import (
     PARTNER_HEADER,
     SIGNATURE_HEADER,
     PartnerRegistry,
     SubmissionRefusedError,
 )
-from mmcross.config import Config, notice_options
-from mmcross.detections import Detections
-from mmcross.errors import MmcrossError, NotAnEventError
-from mmcross.event import Event
-from mmcross.vtp_protocol import safe_xml
+from mmcross.model.config import Config, notice_options
+from mmcross.model.detections import Detections
+from mmcross.model.errors import MmcrossError, NotAnEventError
+from mmcross.model.event import Event
+from mmcross.vtp.base import safe_xml
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class PartnerKafkaConsumer:
         topic: the submission topic.
         registry: the partners.
         callback: called with each accepted :class:`Event`.
-        options: keyword arguments of :func:`listeners.parse_notice`.
+        options: keyword arguments of :func:`mmcross.listeners.parse_notice`.
         lock: held around each ``callback`` call when given.
         on_detections: called with ``(partner, Detections)`` for each accepted
             detections message (header ``mmcross-kind: detections``), under ``lock``.

@@ -6,13 +6,13 @@ Partners are declared in the configuration as ``[partners.<name>]`` tables (see
 
 Credentials (the scheme, shared by both submission endpoints):
 
-* VTP (:mod:`listeners.vtp_receiver`): the VOEvent's IVORN authority (``ivo://AUTHORITY/...``)
+* VTP (:mod:`mmcross.listeners.vtp_receiver`): the VOEvent's IVORN authority (``ivo://AUTHORITY/...``)
   must be one the partner registered (``authorities``) and the packet carries the partner's
   token in a ``<Param name="mmcross_token" value="..."/>`` (anywhere in ``What``). The Param
   is removed before the notice is parsed or stored, so the secret is never re-broadcast.
   A JSON notice sent over VTP carries ``"mmcross_partner"`` and ``"mmcross_token"`` keys
   instead (removed likewise).
-* Kafka (:mod:`listeners.partner_kafka`): the message key is the partner name and the header
+* Kafka (:mod:`mmcross.listeners.partner_kafka`): the message key is the partner name and the header
   ``mmcross-signature`` is ``hex(HMAC-SHA256(key=sha256(token), msg=name + "\\n" + value))``
   (:func:`sign_submission`). The token itself never travels; the stored hash is the signing
   key, so the configuration file must be protected like a key.
@@ -33,9 +33,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmcross.config import Config
-from mmcross.errors import ConfigError, RefusedSubmissionError
-from mmcross.match import Match
+from mmcross.model.config import Config
+from mmcross.model.errors import ConfigError, RefusedSubmissionError
+from mmcross.model.match import Match
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class Partner:
         rate, burst: token bucket of accepted submissions (per second, burst size).
         hosts: IP addresses the partner connects from (empty = any); also the addresses
             whose broadcaster subscription gets this partner's counterparts.
-        stream: the ``stream`` sub-table (rules of :mod:`matchers.partner_streams`).
+        stream: the ``stream`` sub-table (rules of :mod:`mmcross.matchers.partner_streams`).
     """
 
     name: str
@@ -333,7 +333,7 @@ class PartnerRegistry:
     def broadcaster_filters(self, base: Any = None) -> dict[str, PartnerCounterpartFilter]:
         """Subscriber IP -> counterpart filter, for every partner listing ``hosts``.
 
-        For ``brokers.vtp.BroadcasterSettings(filters=...)``; an IP listed by two partners
+        For ``mmcross.brokers.vtp.BroadcasterSettings(filters=...)``; an IP listed by two partners
         is a configuration error.
         """
         out: dict[str, PartnerCounterpartFilter] = {}
@@ -350,7 +350,7 @@ class PartnerRegistry:
 class PartnerCounterpartFilter:
     """Passes matches (and their retractions) of events the partner submitted.
 
-    ``base``, when given, is another filter (e.g. ``brokers.vtp.SubscriptionFilter``) that
+    ``base``, when given, is another filter (e.g. ``mmcross.brokers.vtp.SubscriptionFilter``) that
     must accept the match too. The event-id set is read live, so events submitted after the
     broadcaster started are covered.
     """

@@ -13,13 +13,13 @@ import logging
 import re
 from typing import Any
 
-from listeners import localize
-from listeners.common import NoticeContext, check_radec, first_id, optional_float
-from listeners.gcn_unified import parse_unified
-from listeners.radii import circle_spec
-from listeners.voevent import VOEventDoc
-from mmcross.errors import NotAnEventError, UnsupportedMissionError
-from mmcross.event import Event, EventKind, NoticeAction
+from mmcross.listeners import localize
+from mmcross.listeners.common import NoticeContext, check_radec, first_id, optional_float
+from mmcross.listeners.gcn_unified import parse_unified
+from mmcross.listeners.radii import circle_spec
+from mmcross.listeners.voevent import VOEventDoc
+from mmcross.model.errors import NotAnEventError, UnsupportedMissionError
+from mmcross.model.event import Event, EventKind, NoticeAction
 
 logger = logging.getLogger(__name__)
 

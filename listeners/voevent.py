@@ -18,7 +18,7 @@ from typing import Any
 from astropy.time import Time
 from lxml import etree
 
-from listeners.common import NoticeContext, parse_time, to_float, to_int
+from mmcross.listeners.common import NoticeContext, parse_time, to_float, to_int
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +54,6 @@ class VOEventDoc:
     def stream(self) -> str:
         """The IVORN without its ``#local`` part, e.g. ``ivo://nasa.gsfc.gcn/SWIFT``."""
         return self.ivorn.split("#", 1)[0]
-
-    @property
-    def local_id(self) -> str:
-        """The part of the IVORN after ``#``."""
-        return self.ivorn.split("#", 1)[1] if "#" in self.ivorn else ""
 
     def packet_type(self, ctx: NoticeContext) -> int | None:
         value = self.params.get("Packet_Type")
@@ -119,7 +114,7 @@ class VOEventDoc:
         """(ra, dec, error radius) in degrees from ``Position2D``, or None when absent.
 
         The error radius is None when ``Error2Radius`` is missing; it is returned as written
-        (its containment is the mission's convention, see :mod:`listeners.radii`).
+        (its containment is the mission's convention, see :mod:`mmcross.listeners.radii`).
         """
         loc = _observation_location(self.root)
         if loc is None:

@@ -8,8 +8,8 @@ subscriber does, never a ``nak``, so an upstream broker keeps us on its list). p
 the peer before reading it (a 4 GB prefix allocates 4 GB), parses with entity resolution on and
 gives no hook for counting refusals; this client keeps its behaviour and adds those.
 
-Each VOEvent received is parsed by :func:`listeners.parse_notice` and the resulting
-:class:`~mmcross.event.Event` is handed to a callback from the listener's own thread, holding
+Each VOEvent received is parsed by :func:`mmcross.listeners.parse_notice` and the resulting
+:class:`~mmcross.model.event.Event` is handed to a callback from the listener's own thread, holding
 ``lock`` when one is given (share it with whatever calls the engine's ``on_alerts``), or pass
 ``queue.Queue.put`` as the callback and drain the queue in the engine's thread. Parse errors
 are logged and counted in :attr:`VTPListener.stats`, never fatal.
@@ -30,11 +30,11 @@ from typing import Any
 
 from lxml import etree
 
-from listeners.dispatch import parse_notice
-from mmcross.config import Config, notice_options
-from mmcross.errors import ConfigError, MmcrossError, NotAnEventError
-from mmcross.event import Event
-from mmcross.vtp_protocol import LENGTH, frame, safe_xml, transport_message
+from mmcross.listeners.dispatch import parse_notice
+from mmcross.model.config import Config, notice_options
+from mmcross.model.errors import ConfigError, MmcrossError, NotAnEventError
+from mmcross.model.event import Event
+from mmcross.vtp.base import LENGTH, frame, safe_xml, transport_message
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,8 @@ class VTPListener:
     Args:
         settings: servers and timeouts.
         callback: called with each parsed :class:`Event` (e.g. ``engine.on_notice``).
-        options: keyword arguments of :func:`listeners.parse_notice`
-            (:func:`mmcross.config.notice_options`).
+        options: keyword arguments of :func:`mmcross.listeners.parse_notice`
+            (:func:`mmcross.model.config.notice_options`).
         lock: held around each ``callback`` call when given.
 
     ``stats`` counts ``connections``, ``packets``, ``iamalive``, ``events``, ``not_events``

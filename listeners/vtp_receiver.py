@@ -7,8 +7,8 @@ receiver the connection may carry several submissions (a one-shot sender such as
 ``comet-sendvo`` simply closes after its answer); it is closed after ``idle_timeout`` seconds of
 silence.
 
-VTP has no authentication; the scheme (see :mod:`listeners.partners`) is: the VOEvent's IVORN
-authority must be registered by a partner AND the packet carries that partner's token in
+VTP has no authentication; the scheme (see :mod:`mmcross.listeners.partners`) is: the VOEvent's
+IVORN authority must be registered by a partner AND the packet carries that partner's token in
 ``<Param name="mmcross_token" value="..."/>``. A per-packet credential (rather than a first
 "authenticate" frame) works with every stock VTP sender, survives relays, and lets one
 connection never be half-trusted. The Param is stripped before the notice is parsed, stored
@@ -21,15 +21,16 @@ Checks, in order, each refusal logged with the peer and counted in :attr:`stats`
 1. frame length above ``max_frame_bytes``: nak, connection closed (payload never read);
 2. per-connection token bucket (all frames, before any parsing): nak ``rate_limited``;
    ``max_refusals`` refusals in a row close the connection;
-3. XML parsed by :func:`mmcross.vtp_protocol.safe_xml` (no entities, no DTD, no network;
+3. XML parsed by :func:`mmcross.vtp.base.safe_xml` (no entities, no DTD, no network;
    a DOCTYPE is refused): nak;
 4. credential (authority + token): nak ``authentication failed`` (the same text for unknown
    authority and wrong token), nothing reaches the callback;
 5. the partner's own size cap, formats and token bucket;
-6. :func:`listeners.parse_notice` (the schema check): nak with the parser's message.
+6. :func:`mmcross.listeners.parse_notice` (the schema check): nak with the parser's message.
 
 Accepted events get ``source = "partner:<name> vtp://<host:port> <ivorn>"``, are recorded in
-the :class:`~listeners.partners.PartnerRegistry` (for the partner's counterpart subscription)
+the :class:`~mmcross.listeners.partners.PartnerRegistry` (for the partner's counterpart
+subscription)
 and handed to ``callback`` (e.g. ``engine.on_notice``) under ``lock``; the ack is sent once the
 callback returned. Connections are handled by one thread each, at most ``max_connections`` in
 all and ``max_connections_per_host`` per address, so one flooding peer cannot starve another.
@@ -50,8 +51,8 @@ from typing import Any
 
 from lxml import etree
 
-from listeners.dispatch import parse_notice
-from listeners.partners import (
+from mmcross.listeners.dispatch import parse_notice
+from mmcross.listeners.partners import (
     PARTNER_KEY,
     TOKEN_PARAM,
     Partner,
@@ -60,10 +61,10 @@ from listeners.partners import (
     TokenBucket,
     sniff_format,
 )
-from mmcross.config import Config, notice_options
-from mmcross.errors import MmcrossError, NotAnEventError
-from mmcross.event import Event
-from mmcross.vtp_protocol import LENGTH, frame, safe_xml, transport_message
+from mmcross.model.config import Config, notice_options
+from mmcross.model.errors import MmcrossError, NotAnEventError
+from mmcross.model.event import Event
+from mmcross.vtp.base import LENGTH, frame, safe_xml, transport_message
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class VTPReceiver:
         settings: address and limits.
         registry: the partners.
         callback: called with each accepted :class:`Event` (e.g. ``engine.on_notice``).
-        options: keyword arguments of :func:`listeners.parse_notice`.
+        options: keyword arguments of :func:`mmcross.listeners.parse_notice`.
         lock: held around each ``callback`` call when given.
 
     ``stats`` counts ``connections``, ``refused_connections``, ``frames``, ``accepted``,

@@ -2,12 +2,13 @@
 
 Public face: :class:`Matcher` (live set, ``match``, ``observe``, ``background_rate``),
 :class:`MatchArrays` (columnar results), :func:`p_chance` and :class:`BackgroundRate`,
-:func:`conditional_distance_moments`. The numba kernels in :mod:`matchers.kernels` are private.
+:func:`conditional_distance_moments`. The numba kernels in :mod:`mmcross.matchers.kernels` are
+private.
 """
 
-from matchers.chance import BackgroundRate, p_chance
-from matchers.distance import conditional_distance_moments
-from matchers.matcher import MatchArrays, Matcher, alert_pixels
+from mmcross.matchers.chance import BackgroundRate, p_chance
+from mmcross.matchers.distance import conditional_distance_moments
+from mmcross.matchers.matcher import MatchArrays, Matcher, alert_pixels
 
 __all__ = ["BackgroundRate", "MatchArrays", "Matcher", "alert_pixels",
            "conditional_distance_moments", "p_chance"]

@@ -14,7 +14,7 @@ pixel, whose credible level, searched area, density and distance moments were pr
 when the event was packed. Packing is cached per (event_id, revision).
 
 Memory: once packed, the localization's credible-region caches are released
-(:meth:`~mmcross.localization.Localization.release_caches`), and once the concatenated
+(:meth:`~mmcross.model.localization.Localization.release_caches`), and once the concatenated
 :class:`PackedSky` is built each event keeps views into it rather than its own copy.
 """
 
@@ -28,20 +28,20 @@ import healpy as hp
 import numpy as np
 from astropy.time import Time
 
-from matchers import kernels
-from matchers.chance import BackgroundRate, p_chance
-from matchers.packed import (
+from mmcross.matchers import kernels
+from mmcross.matchers.chance import BackgroundRate, p_chance
+from mmcross.matchers.packed import (
     DEFAULT_CELL_ORDER,
     VALUE_COLUMNS,
     PackedLocalization,
     PackedSky,
     pack_localization,
 )
-from mmcross.alert import AlertBatch
-from mmcross.config import Config
-from mmcross.errors import MmcrossError
-from mmcross.event import Event
-from mmcross.match import Match
+from mmcross.model.alert import AlertBatch
+from mmcross.model.config import Config
+from mmcross.model.errors import MmcrossError
+from mmcross.model.event import Event
+from mmcross.model.match import Match
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ class Matcher:
     # -- background rate -----------------------------------------------------------------
 
     def observe(self, alerts: AlertBatch) -> None:
-        """Feed a batch to the background-rate estimator (see :mod:`matchers.chance`)."""
+        """Feed a batch to the background-rate estimator (see :mod:`mmcross.matchers.chance`)."""
         self._rate.observe(alerts.ra, alerts.dec, alerts.mjd_tai, alerts.is_new)
 
     @property

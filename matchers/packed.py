@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from matchers import kernels
-from matchers.distance import conditional_distance_moments
-from mmcross.errors import BadSkymapError
+from mmcross.matchers import kernels
+from mmcross.matchers.distance import conditional_distance_moments
+from mmcross.model.errors import BadSkymapError
 
 if TYPE_CHECKING:
-    from mmcross.localization import Localization
+    from mmcross.model.localization import Localization
 
 DEG2_PER_SR = (180.0 / math.pi) ** 2
 DEFAULT_CELL_ORDER = 6  # coarse cells of ~0.84 deg^2 (0.92 deg across)
@@ -170,7 +170,7 @@ def pack_pixels(start: np.ndarray, end: np.ndarray, credible_level: np.ndarray,
 
 def pack_localization(localization: Localization, *, max_credible_level: float,
                       cell_order: int = DEFAULT_CELL_ORDER) -> PackedLocalization:
-    """:func:`pack_pixels` of a :class:`mmcross.localization.Localization`.
+    """:func:`pack_pixels` of a :class:`mmcross.model.localization.Localization`.
 
     Leaves the localization's credible-region caches in place; a caller that keeps only
     the packed pixels may call ``localization.release_caches()`` afterwards."""

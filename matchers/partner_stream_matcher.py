@@ -3,7 +3,7 @@
 :class:`PartnerStreamMatcher` keeps each partner's recent detections. A new detection is
 matched against the recent Rubin alerts the caller passes (the engine's alert history), and
 each new Rubin alert batch is matched against the kept detections, with the partner's
-:class:`~matchers.partner_streams.StreamRule` (radius or n-sigma, time window
+:class:`~mmcross.matchers.partner_streams.StreamRule` (radius or n-sigma, time window
 ``before <= t_alert - t_detection <= after`` days, property constraints).
 
 A detection is kept while an alert could still match it: it is dropped once the newest
@@ -14,7 +14,7 @@ batch reports nothing new; a detection id already kept is ignored when re-submit
 Wiring (the caller holds one lock around both calls)::
 
     m = PartnerStreamMatcher(config, registry)
-    # detections accepted by listeners.partner_detections.accept_detections:
+    # detections accepted by mmcross.listeners.partner_detections.accept_detections:
     t0, t1 = m.history_window(d.partner, d)
     found = m.on_detections(d.partner, d, engine.history.between(t0, t1))
     # each alert batch, after engine.on_alerts(batch):
@@ -30,9 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from matchers.partner_streams import Detections, StreamMatch, match_stream, rules_from_config
-from mmcross.alert import AlertBatch
-from mmcross.errors import ConfigError
+from mmcross.matchers.partner_streams import (
+    Detections,
+    StreamMatch,
+    match_stream,
+    rules_from_config,
+)
+from mmcross.model.alert import AlertBatch
+from mmcross.model.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +69,10 @@ class PartnerStreamMatcher:
     """Recent detections per partner, matched against Rubin alerts (not thread-safe).
 
     Args:
-        config: the merged configuration (a :class:`mmcross.config.Config` or a mapping);
+        config: the merged configuration (a :class:`mmcross.model.config.Config` or a mapping);
             rules come from ``[partners.<name>.stream]`` and the cap on kept detections per
             partner from ``partner_streams.max_kept`` (default 100000, oldest dropped).
-        registry: optional partner registry (``listeners.partners.PartnerRegistry``); when
+        registry: optional partner registry (``mmcross.listeners.partners.PartnerRegistry``); when
             given, rules come from its partners' ``stream`` tables instead.
     """
 
@@ -105,7 +110,7 @@ class PartnerStreamMatcher:
 
         Args:
             partner: a partner with a stream rule.
-            detections: :class:`mmcross.detections.Detections` (degrees ICRS, MJD TAI).
+            detections: :class:`mmcross.model.detections.Detections` (degrees ICRS, MJD TAI).
             alert_history: recent Rubin alerts (e.g. ``engine.history.between(
                 *self.history_window(partner, detections))``).
             alert_properties: per-alert values aligned with ``alert_history`` for property

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from mmcross.alert import AlertBatch
-from mmcross.detections import Detections
-from mmcross.errors import ConfigError
+from mmcross.model.alert import AlertBatch
+from mmcross.model.detections import Detections
+from mmcross.model.errors import ConfigError
 
 DEFAULT_ALERT_ERROR_DEG = 0.1 / 3600.0
 

@@ -42,12 +42,12 @@ from confluent_kafka.admin import AdminClient, NewTopic
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from brokers.alert_decoding import decode_wire_row  # noqa: E402
-from brokers.reports import match_from_avro  # noqa: E402
-from listeners import read_notice_file  # noqa: E402
-from mmcross.config import Config, notice_options  # noqa: E402
-from mmcross.metrics import scrape  # noqa: E402
-from mmcross.simulate import simulate_night  # noqa: E402
+from mmcross.app.metrics import scrape  # noqa: E402
+from mmcross.app.simulate import simulate_night  # noqa: E402
+from mmcross.brokers.alert_decoding import decode_wire_row  # noqa: E402
+from mmcross.brokers.reports import match_from_avro  # noqa: E402
+from mmcross.listeners import read_notice_file  # noqa: E402
+from mmcross.model.config import Config, notice_options  # noqa: E402
 
 GW_NOTICE = Path("/work/shared/data/gcn/json/fink-mm/S230518h-initial.json")
 
@@ -162,7 +162,7 @@ log_every = 10.0
 
 def start_listener(cfg: Path, db: str, port: int, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
-    return subprocess.Popen([sys.executable, "-m", "mmcross.cli", "listen", "--config",
+    return subprocess.Popen([sys.executable, "-m", "mmcross", "listen", "--config",
                              str(cfg), "--db", db, "--metrics-port", str(port)], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL,
                             stderr=open(log, "ab"))  # noqa: SIM115

@@ -9,7 +9,7 @@ that all three give the same (alert, event) pairs and values:
   descending density, cumulative sums of probability and area, ``ang2pix`` of the alerts,
   ``searchsorted`` of the alert pixels in the sorted pixel starts (order 29), then the
   credible-level cut and the time window. (Ties between equal densities are resolved to the
-  end of their group, as :class:`mmcross.localization.Localization` does, so answers agree
+  end of their group, as :class:`mmcross.model.localization.Localization` does, so answers agree
   on rasterised circles; ligo itself orders ties by UNIQ.)
 * ``ligo loop, cached``: the same loop with the per-event sort/cumsum done once beforehand
   and ``ang2pix`` once per batch: the strongest plain-numpy per-event loop.
@@ -45,11 +45,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from matchers import Matcher  # noqa: E402
-from mmcross.alert import AlertBatch  # noqa: E402
-from mmcross.config import Config  # noqa: E402
-from mmcross.event import Event, EventKind  # noqa: E402
-from mmcross.localization import Localization, uniq_to_order_ipix  # noqa: E402
+from mmcross.matchers import Matcher  # noqa: E402
+from mmcross.model import shapes  # noqa: E402
+from mmcross.model.alert import AlertBatch  # noqa: E402
+from mmcross.model.config import Config  # noqa: E402
+from mmcross.model.event import Event, EventKind  # noqa: E402
+from mmcross.model.localization import Localization, uniq_to_order_ipix  # noqa: E402
 
 SHARED = Path(os.environ.get("MMCROSS_SHARED_DATA", REPO.parent / "shared" / "data"))
 GW_MAPS = ["skymaps/userguide/MS181101ab_bayestar.multiorder.fits",
@@ -98,7 +99,7 @@ def make_events(n: int, base: list[Localization], tolerance: float,
             ra, dec = rng.uniform(0, 360), np.degrees(np.arcsin(rng.uniform(-1, 1)))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                loc = Localization.from_circle(ra, dec, radius, tolerance=tolerance)
+                loc = shapes.circle(ra, dec, radius, tolerance=tolerance)
             kind = EventKind.GRB if u >= 0.1 and u >= 0.4 else EventKind.NEUTRINO
             events.append(Event(f"c:{k}", kind, "circle", trigger, loc, revision=1))
     return events
@@ -206,12 +207,12 @@ def cold_start() -> tuple[float, float]:
         t = time.perf_counter()
         import numpy as np
         from astropy.time import Time
-        from matchers import Matcher
-        from mmcross.alert import AlertBatch
-        from mmcross.config import Config
-        from mmcross.event import Event, EventKind
-        from mmcross.localization import Localization
-        loc = Localization.from_circle(10.0, 10.0, 1.0, tolerance=0.05)
+        from mmcross.matchers import Matcher
+        from mmcross.model.alert import AlertBatch
+        from mmcross.model.config import Config
+        from mmcross.model.event import Event, EventKind
+        from mmcross.model.localization import Localization
+        loc = shapes.circle(10.0, 10.0, 1.0, tolerance=0.05)
         m = Matcher(Config.load())
         m.set_events([Event("e", EventKind.GRB, "x", Time(60000.0, format="mjd"), loc)])
         m.match(AlertBatch(np.arange(1), np.array(["a"], dtype=object), np.array([10.0]),

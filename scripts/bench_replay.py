@@ -66,7 +66,7 @@ GRB_NOTICES = ("gcn/voevent/fink-mm-kafka-2024-01/Fermi_GBM_Gnd_Pos_726773850-26
 #: Days the GRB notices are moved back: 2024-01-12 17:37 UTC -> 2023-05-18 17:37 UTC, 0.19 d
 #: after the S230518h trigger (no leap second in between, so only dates change).
 DAY_SHIFT = 239
-WIRE_STREAM_MAGIC = b"MMCROSS-WIRE-STREAM-1\n"  # brokers.alert_files.WIRE_STREAM_MAGIC
+WIRE_STREAM_MAGIC = b"MMCROSS-WIRE-STREAM-1\n"  # mmcross.brokers.alert_files.WIRE_STREAM_MAGIC
 PEER_RATE_SPEC = 580.0  # alerts/s the issue quotes for the peer on these machines
 VISIT_RATE_NEEDED = 40_000 / 60.0  # a 40k-alert visit within 60 s
 
@@ -106,8 +106,8 @@ def prepare_notices(workdir: Path) -> list[Path]:
 
 def build_events(paths: list[Path], config) -> tuple[list, list[float]]:
     """Parse the notices as ``mmcross replay`` does; returns (events, seconds per notice)."""
-    from listeners import read_notice_file
-    from mmcross.config import notice_options
+    from mmcross.listeners import read_notice_file
+    from mmcross.model.config import notice_options
 
     options = notice_options(config)
     events, seconds = [], []
@@ -131,8 +131,8 @@ class Stream:
 
 def generate(workdir: Path, events, args: argparse.Namespace) -> Stream:
     """The cached wire stream of ``args.n`` background alerts plus injected counterparts."""
-    from brokers.rubin_schemas import latest_schema_id
-    from mmcross.simulate import simulate_night
+    from mmcross.app.simulate import simulate_night
+    from mmcross.brokers.rubin_schemas import latest_schema_id
 
     schema_id = latest_schema_id()
     key = (f"n{args.n}-s{args.seed}-inj{args.inject}-v{args.alerts_per_visit}"
@@ -175,7 +175,7 @@ def peer(stream: Path, notices: list[Path], config_path: Path | None, chunk: int
     import fastavro
     from lsst.alert.packet import SchemaRegistry
 
-    from mmcross.config import Config
+    from mmcross.model.config import Config
 
     sys.path.insert(0, str(REPO / "scripts"))
     from bench_matcher import ligo_loop
@@ -243,7 +243,7 @@ SUMMARY_RE = re.compile(r"alerts: (\d+) \((\d+) unreadable\), ([\d,.]+) alerts/s
 def mmcross_command(notices: list[Path], stream: Path, out: Path, chunk: int,
                     config: Path | None) -> list[str]:
     exe = shutil.which("mmcross")
-    cmd = [exe] if exe else [sys.executable, "-m", "mmcross.cli"]
+    cmd = [exe] if exe else [sys.executable, "-m", "mmcross"]
     cmd += ["replay", "--notices", *map(str, notices), "--alerts", str(stream),
             "--out", str(out), "--chunk", str(chunk)]
     return cmd + (["--config", str(config)] if config else [])
@@ -316,7 +316,7 @@ def check_truth(stream: Stream, events, config, matches: set) -> tuple[int, int]
 
 def bench_row(label: str, config_path: Path | None, notices: list[Path], stream: Stream,
               args: argparse.Namespace, workdir: Path) -> dict:
-    from mmcross.config import Config
+    from mmcross.model.config import Config
 
     config = Config.load(config_path)
     events, build = build_events(notices, config)  # warm-up (numba) ...
@@ -379,7 +379,7 @@ def machine_facts() -> str:
 
 def report(rows: list[dict], stream: Stream, args: argparse.Namespace, notices: list[Path],
            gen_cmd: str) -> None:
-    from brokers.rubin_schemas import get_schema
+    from mmcross.brokers.rubin_schemas import get_schema
 
     n = stream.n
     kb = (stream.nbytes - len(WIRE_STREAM_MAGIC) - 4 * n) / n / 1e3
@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
              Path(args.peer_out))
         return 0
 
-    from mmcross.config import Config
+    from mmcross.model.config import Config
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

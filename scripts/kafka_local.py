@@ -45,7 +45,7 @@ import time
 import uuid
 from pathlib import Path
 
-from mmcross.errors import MmcrossError
+from mmcross.model.errors import MmcrossError
 
 logger = logging.getLogger(__name__)
 

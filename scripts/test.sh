@@ -25,4 +25,5 @@ export MMCROSS_KAFKA_BOOTSTRAP
 echo "PostgreSQL: ${MMCROSS_TEST_POSTGRES_URL##*@}  Kafka: $MMCROSS_KAFKA_BOOTSTRAP"
 
 ruff check .
+bash scripts/lint_imports.sh
 python -m pytest "$@"

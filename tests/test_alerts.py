@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from astropy.time import Time
 
-from brokers.alert_decoding import decode_wire, decode_wire_many, encode_wire, split_wire
-from brokers.alert_files import iter_alert_batches, read_alert_file, write_wire_stream
-from brokers.rubin_schemas import get_schema, known_schema_ids, latest_schema_id
-from mmcross.errors import BadAlertError
-from mmcross.simulate import simulate_night
+from mmcross.app.simulate import simulate_night
+from mmcross.brokers.alert_decoding import decode_wire, decode_wire_many, encode_wire, split_wire
+from mmcross.brokers.alert_files import iter_alert_batches, read_alert_file, write_wire_stream
+from mmcross.brokers.rubin_schemas import get_schema, known_schema_ids, latest_schema_id
+from mmcross.model.errors import BadAlertError
 
 LSST = "alerts/lsst/samples/"
 ZTF = "alerts/ztf/samples/"

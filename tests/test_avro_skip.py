@@ -1,4 +1,5 @@
-"""The numba prefix decoder (brokers.avro_skip) against fastavro full decodes, bad input, mmap."""
+"""The numba prefix decoder (mmcross.brokers.avro_skip) against fastavro full decodes, bad input,
+mmap."""
 
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from brokers import avro_skip
-from brokers.alert_decoding import HEAD_BYTES, decode_wire_many, encode_wire
-from brokers.alert_files import iter_alert_batches, write_wire_stream
-from brokers.rubin_schemas import get_schema, known_schema_ids
-from mmcross.errors import BadAlertError
-from mmcross.simulate import simulate_night
+from mmcross.app.simulate import simulate_night
+from mmcross.brokers import avro_skip
+from mmcross.brokers.alert_decoding import HEAD_BYTES, decode_wire_many, encode_wire
+from mmcross.brokers.alert_files import iter_alert_batches, write_wire_stream
+from mmcross.brokers.rubin_schemas import get_schema, known_schema_ids
+from mmcross.model.errors import BadAlertError
 
 LSST = "alerts/lsst/samples/"
 WIRE_SAMPLES = ("lsst.v11_1.wire.fake.avro", "lsst.v7_4.wire.HSC_396895612567600.avro",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from astropy.time import Time
 
-from listeners import read_notice_file
+from mmcross.listeners import read_notice_file
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 

@@ -8,13 +8,13 @@ import pytest
 from astropy.coordinates import SkyCoord
 from astropy.time import Time
 
-from catalogs import Store
-from listeners import read_notice_file
-from mmcross.alert import AlertBatch
-from mmcross.config import Config, notice_options
-from mmcross.engine import Engine
-from mmcross.event import Event, EventKind
-from mmcross.localization import Localization
+from mmcross.app.engine import Engine
+from mmcross.catalogs import Store
+from mmcross.listeners import read_notice_file
+from mmcross.model import shapes
+from mmcross.model.alert import AlertBatch
+from mmcross.model.config import Config, notice_options
+from mmcross.model.event import Event, EventKind
 
 FAST = {"localization": {"credible_level_tolerance": 1e-2},
         "listeners": {"roles": ["observation", "test"]}}
@@ -82,14 +82,15 @@ def test_alerts_seen_before_the_notice_are_retro_matched(shared_file):
     ra, dec = event.localization.sample(50, np.random.default_rng(3))
     early = _alerts(ra, dec, event.trigger_mjd_tai + 0.05)
     assert engine.on_alerts(early) == []  # nothing live yet
-    found = engine.on_notice(event)
+    found = engine.on_notice(event).reports
     inside = event.localization.credible_level_at(ra, dec) <= config.credible_level
     assert sorted(m.alert_id for m in found) == list(early.alert_id[inside])
     # Alerts before the trigger window are not matched even though they are in history.
     too_early = _alerts(ra, dec, event.trigger_mjd_tai - 0.5, first_id=1000)
     engine2, _, _ = _engine()
     engine2.on_alerts(too_early)
-    assert engine2.on_notice(event) == []
+    again = engine2.on_notice(event)
+    assert again.reports == [] and again.change == "added"
 
 
 def test_retraction_revokes_every_match(shared_file):
@@ -101,8 +102,10 @@ def test_retraction_revokes_every_match(shared_file):
     ra, dec = prelim.localization.sample(30, np.random.default_rng(5))
     matched = engine.on_alerts(_alerts(ra, dec, prelim.trigger_mjd_tai + 0.02))
     assert matched and not any(m.retracted for m in matched)
-    revoked = engine.on_notice(read_notice_file(
+    outcome = engine.on_notice(read_notice_file(
         shared_file("gcn/json/userguide/MS181101ab-retraction.json"), **options))
+    assert outcome.change == "retracted" and outcome.event.retracted
+    revoked = outcome.reports
     assert sorted(m.alert_id for m in revoked) == sorted(m.alert_id for m in matched)
     assert all(m.retracted for m in revoked)
     assert "lvk:MS181101ab" not in engine.index
@@ -113,7 +116,7 @@ def _circle_event(ra, dec, issued, event_id="grb:1"):
     return Event(event_id=event_id, kind=EventKind.GRB, instrument="test",
                  trigger_time=Time("2024-01-12T17:37:00", scale="utc"),
                  notice_time=Time(issued, scale="utc"), raw=issued.encode(),
-                 localization=Localization.from_circle(ra, dec, 2.0, 0.9, tolerance=1e-2))
+                 localization=shapes.circle(ra, dec, 2.0, 0.9, tolerance=1e-2))
 
 
 def test_update_rematches_history_and_revokes_what_no_longer_holds():
@@ -125,7 +128,7 @@ def test_update_rematches_history_and_revokes_what_no_longer_holds():
     assert [m.event_revision for m in at_a] == [1, 1]
     at_b = _alerts([140.0], [10.0], t, first_id=50)
     assert engine.on_alerts(at_b) == []
-    reports = engine.on_notice(_circle_event(140.0, 10.0, "2024-01-12T18:00:00"))
+    reports = engine.on_notice(_circle_event(140.0, 10.0, "2024-01-12T18:00:00")).reports
     revoked = sorted(m.alert_id for m in reports if m.retracted)
     new = [m for m in reports if not m.retracted]
     assert revoked == [1, 2]
@@ -152,7 +155,7 @@ def test_restart_restores_events_matches_and_history(tmp_path):
     more = again.on_alerts(_alerts([100.2], [-30.1], t, first_id=9))
     assert [m.alert_id for m in more] == [9]
     # A new revision continues the numbering and re-matches the restored history.
-    reports = again.on_notice(_circle_event(200.0, 40.0, "2024-01-12T18:00:00"))
+    reports = again.on_notice(_circle_event(200.0, 40.0, "2024-01-12T18:00:00")).reports
     assert {(m.alert_id, m.event_revision, m.retracted) for m in reports} == {
         (1, 1, True), (9, 1, True), (7, 2, False)}
     again.close()

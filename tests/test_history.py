@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmcross.alert import AlertBatch
-from mmcross.history import AlertHistory
+from mmcross.model.alert import AlertBatch
+from mmcross.model.history import AlertHistory
 
 
 def _batch(t0, n, first_id=0):

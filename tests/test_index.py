@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from astropy.time import Time
 
-from mmcross.config import Config
-from mmcross.event import Event, EventKind, NoticeAction
-from mmcross.index import Change, SkyIndex
+from mmcross.model.config import Config
+from mmcross.model.event import Event, EventKind, NoticeAction
+from mmcross.model.index import Change, SkyIndex
 
 
 def _event(event_id="fermi-gbm:1", issued="2024-01-12T17:38:00", raw=b"a",

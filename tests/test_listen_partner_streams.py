@@ -23,11 +23,11 @@ import pytest
 from astropy.coordinates import SkyCoord
 from confluent_kafka import Producer
 
-from catalogs import Store
-from listeners.partners import PARTNER_HEADER, SIGNATURE_HEADER, hash_token, sign_submission
-from mmcross.config import Config
-from mmcross.simulate import simulate_night
-from tests.test_service_kafka import _committed, _create_topics, _read_all, _wait
+from mmcross.app.simulate import simulate_night
+from mmcross.catalogs import Store
+from mmcross.listeners.partners import PARTNER_HEADER, SIGNATURE_HEADER, hash_token, sign_submission
+from mmcross.model.config import Config
+from tests.helpers import create_topics, group_offset, read_topic, wait_for
 
 TOKEN = "goto-secret"
 RADIUS_DEG = 1.0 / 3600.0
@@ -79,7 +79,7 @@ def _payloads(first, second) -> dict[str, list[dict]]:
     return {"early": early, "late": late, "refused": refused}
 
 
-def _expected(first, second, detections: list[dict]) -> Counter:
+def offline_matches(first, second, detections: list[dict]) -> Counter:
     """Reference pairs ``goto|detection_id|alert_id`` (astropy separation, time window)."""
     ra = np.concatenate([first.ra, second.ra])
     dec = np.concatenate([first.dec, second.dec])
@@ -124,13 +124,13 @@ def _send_alerts(bootstrap: str, topic: str, messages: list[bytes]) -> None:
 @pytest.mark.kafka
 def test_listen_kafka_reports_partner_stream_matches_once(kafka_broker: str,
                                                            tmp_path: Path) -> None:
-    from mmcross.service import ListenService
+    from mmcross.app.service import ListenService
 
     tag = uuid.uuid4().hex[:10]
     names = {k: f"{k}-{tag}" for k in ("alerts", "reports", "voevents", "dead", "submit",
                                        "pmatches", "group")}
-    _create_topics(kafka_broker, [names["alerts"]], 2)
-    _create_topics(kafka_broker, [names[k] for k in ("reports", "voevents", "dead", "submit",
+    create_topics(kafka_broker, [names["alerts"]], 2)
+    create_topics(kafka_broker, [names[k] for k in ("reports", "voevents", "dead", "submit",
                                                      "pmatches")], 1)
     cfg = tmp_path / "c.toml"
     cfg.write_text(f"""
@@ -158,7 +158,7 @@ stream_match_topic = "{names['pmatches']}"
     config = Config.load(cfg)
     first, second = _nights()
     p = _payloads(first, second)
-    expected = _expected(first, second, p["early"] + p["late"])
+    expected = offline_matches(first, second, p["early"] + p["late"])
     _check_expected(expected)
     first_msgs, second_msgs = list(first.messages()), list(second.messages())
 
@@ -168,27 +168,28 @@ stream_match_topic = "{names['pmatches']}"
     bootstrap, alerts = kafka_broker, names["alerts"]
     try:
         _send(bootstrap, names["submit"], p["early"], TOKEN)
-        _wait(lambda: service.stats.detections == len(p["early"]), "early detections")
+        wait_for(lambda: service.stats.detections == len(p["early"]), "early detections")
         _send_alerts(bootstrap, alerts, first_msgs)
-        _wait(lambda: _committed(bootstrap, names["group"], alerts) == len(first_msgs),
-              "first night")
+        wait_for(lambda: group_offset(bootstrap, names["group"], alerts) == len(first_msgs),
+                 "first night")
         _send(bootstrap, names["submit"], p["refused"], "wrong-token")
         _send(bootstrap, names["submit"], p["late"], TOKEN)
         n_det = len(p["early"]) + len(p["late"])
-        _wait(lambda: service.stats.detections == n_det, "late detections")
+        wait_for(lambda: service.stats.detections == n_det, "late detections")
         _send_alerts(bootstrap, alerts, second_msgs)
         total = len(first_msgs) + len(second_msgs)
-        _wait(lambda: _committed(bootstrap, names["group"], alerts) == total, "second night")
+        wait_for(lambda: group_offset(bootstrap, names["group"], alerts) == total, "second night")
         # Partner offsets are committed after the matches were acknowledged.
-        _wait(lambda: _committed(bootstrap, f"{names['group']}-partners", names["submit"]) == 3,
-              "partner topic committed")
+        partners_group = f"{names['group']}-partners"
+        wait_for(lambda: group_offset(bootstrap, partners_group, names["submit"]) == 3,
+                 "partner topic committed")
         stats = dict(service.transports.stats()["partner_kafka"])
     finally:
         service.stop()
         thread.join(30)
     assert not thread.is_alive()
 
-    got = _read_all(bootstrap, names["pmatches"])
+    got = read_topic(bootstrap, names["pmatches"])
     keys = Counter(m.key().decode() for m in got)
     assert keys == expected
     for m in got:
@@ -211,7 +212,7 @@ def _drop(inbox: Path, name: str, data: bytes) -> None:
 
 
 def test_embedded_spool_reports_partner_stream_matches_once(tmp_path: Path) -> None:
-    from mmcross.embedded import EmbeddedService
+    from mmcross.app.embedded import EmbeddedService
 
     spool = tmp_path / "spool"
     cfg = tmp_path / "c.toml"
@@ -226,7 +227,7 @@ poll_interval = 0.05
     config = Config.load(cfg)
     first, second = _nights()
     p = _payloads(first, second)
-    expected = _expected(first, second, p["early"] + p["late"])
+    expected = offline_matches(first, second, p["early"] + p["late"])
     _check_expected(expected)
     first.write_wire_stream(tmp_path / "first.wires")
     second.write_wire_stream(tmp_path / "second.wires")
@@ -245,8 +246,8 @@ poll_interval = 0.05
     try:
         for name, data in steps:  # one at a time, so the order is the one written here
             _drop(inbox, name, data)
-            _wait(lambda: service.spool is not None and service.spool.pending() == 0,
-                  f"{name} handled")
+            wait_for(lambda: service.spool is not None and service.spool.pending() == 0,
+                     f"{name} handled")
     finally:
         service.stop()
         thread.join(30)

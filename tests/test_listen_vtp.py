@@ -34,15 +34,25 @@ import voeventparse as vp
 from confluent_kafka import Producer
 from lxml import etree
 
-from brokers.voevent_out import counterpart_ivorn
-from listeners import read_notice_file
-from listeners.partners import hash_token
-from mmcross.config import Config, notice_options
-from mmcross.match import Match
-from mmcross.simulate import simulate_night
-from mmcross.vtp_protocol import frame, transport_message
-from tests.test_partners import BAT, GOOD_TOKEN, INTEGRAL, read_packet, result, submit, with_token
-from tests.test_vtp import GBM, PYGCN_SUBSCRIBER, free_port
+from mmcross.app.simulate import simulate_night
+from mmcross.brokers.voevent_out import counterpart_ivorn
+from mmcross.listeners import read_notice_file
+from mmcross.listeners.partners import hash_token
+from mmcross.model.config import Config, notice_options
+from mmcross.model.match import Match
+from mmcross.vtp.base import frame, transport_message
+from tests.helpers import (
+    BAT,
+    GOOD_TOKEN,
+    INTEGRAL,
+    PYGCN_SUBSCRIBER,
+    free_port,
+    read_packet,
+    result,
+    submit,
+    with_token,
+)
+from tests.test_vtp import GBM
 
 PRELIMINARY = "gcn/json/userguide/MS181101ab-preliminary.json"
 RETRACTION = "gcn/json/userguide/MS181101ab-retraction.json"
@@ -94,7 +104,7 @@ def drop(inbox: Path, name: str, data: bytes, mtime: float) -> None:
 
 
 def cli(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "mmcross.cli", "-q", *args],
+    done = subprocess.run([sys.executable, "-m", "mmcross", "-q", *args],
                           capture_output=True, text=True, timeout=WAIT, check=True)
     return done.stdout
 
@@ -114,7 +124,7 @@ class Listen:
         cfg.write_text(config_text)
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mmcross.cli", "listen", "--config", str(cfg),
+                [sys.executable, "-m", "mmcross", "listen", "--config", str(cfg),
                  "--spool", str(self.spool), "--db", self.db, *flags],
                 stdout=subprocess.DEVNULL, stderr=err)
         wait_until(lambda: "embedded mode" in self.text() or self.proc.poll() is not None,
@@ -327,14 +337,14 @@ def test_gcn_vtp_source_and_partner_submissions_through_mmcross_listen(
 @pytest.mark.kafka
 def test_kafka_mode_partner_topic_and_vtp_submissions_reach_the_partner_subscription(
         kafka_broker, shared_file, tmp_path):
-    from catalogs import Store
-    from listeners.partners import SIGNATURE_HEADER, sign_submission
-    from mmcross.service import ListenService
-    from tests.test_service_kafka import _committed, _create_topics, _produce, unique_names
+    from mmcross.app.service import ListenService
+    from mmcross.catalogs import Store
+    from mmcross.listeners.partners import SIGNATURE_HEADER, sign_submission
+    from tests.helpers import create_topics, group_offset, produce_values, unique_names
 
     names = unique_names()
     submissions = f"submissions-{names['group']}"
-    _create_topics(kafka_broker, [names["alerts"], names["reports"], names["voevents"],
+    create_topics(kafka_broker, [names["alerts"], names["reports"], names["voevents"],
                                   names["dead"], submissions], 1)
     config = Config.load(overrides={
         "localization": {"credible_level_tolerance": 1e-2},
@@ -388,8 +398,8 @@ def test_kafka_mode_partner_topic_and_vtp_submissions_reach_the_partner_subscrip
                                inject=[(bat_event.localization, 3, t0 + 0.02, t0 + 0.08),
                                        (gbm_event.localization, 3, t0 + 0.02, t0 + 0.08)])
         messages = list(night.messages())
-        _produce(kafka_broker, names["alerts"], messages)
-        wait_until(lambda: _committed(kafka_broker, names["group"], names["alerts"])
+        produce_values(kafka_broker, names["alerts"], messages)
+        wait_until(lambda: group_offset(kafka_broker, names["group"], names["alerts"])
                    == len(messages), "the alerts to be committed")
         reader = Store(db)  # the matches the running service stored
         own = {(m.event_id, m.alert_id) for e in ("swift:1208389", "fermi-gbm:726773850")
@@ -410,8 +420,8 @@ def test_kafka_mode_partner_topic_and_vtp_submissions_reach_the_partner_subscrip
 
 
 def test_listen_flags_turn_the_transport_pieces_on_and_config_leaves_them_off():
-    from mmcross.cli import _listen_overrides, build_parser
-    from mmcross.transports import TransportSettings
+    from mmcross.app.cli import _listen_overrides, build_parser
+    from mmcross.app.transports import TransportSettings
 
     def settings(*argv: str) -> tuple[TransportSettings, Config]:
         args = build_parser().parse_args(["listen", *argv])

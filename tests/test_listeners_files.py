@@ -9,9 +9,14 @@ import logging
 import numpy as np
 import pytest
 
-from listeners import parse_notice, read_notice_file
-from mmcross.errors import BadNoticeError, MmcrossError, NotAnEventError, UnsupportedMissionError
-from mmcross.event import EventKind, NoticeAction
+from mmcross.listeners import parse_notice, read_notice_file
+from mmcross.model.errors import (
+    BadNoticeError,
+    MmcrossError,
+    NotAnEventError,
+    UnsupportedMissionError,
+)
+from mmcross.model.event import EventKind, NoticeAction
 
 U, N = UnsupportedMissionError, NotAnEventError
 GS = "gcn/json/gcn-schema/gcn/notices/"

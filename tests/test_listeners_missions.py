@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from astropy.time import Time
 
-from listeners import parse_notice, read_notice_file
-from listeners.radii import CONVENTIONS, mixture_radius
-from mmcross.errors import NotAnEventError
-from mmcross.event import EventKind, NoticeAction
-from mmcross.localization import Localization
+from mmcross.listeners import parse_notice, read_notice_file
+from mmcross.listeners.radii import CONVENTIONS, mixture_radius
+from mmcross.model.errors import NotAnEventError
+from mmcross.model.event import EventKind, NoticeAction
+from mmcross.model.localization import Localization
 
 TOL = 1e-2
 K = "gcn/voevent/fink-mm-kafka-2024-01/"
@@ -301,10 +301,10 @@ def test_icecube_lvk_nu_track_search():
 def test_lvk_json_bad_base64_is_a_bad_notice(shared_file):
     d = json.loads(shared_file("gcn/json/fink-mm/S230518h-initial.json").read_bytes())
     d["event"]["skymap"] = "!!!not base64"
-    from mmcross.errors import BadNoticeError
+    from mmcross.model.errors import BadNoticeError
     with pytest.raises(BadNoticeError, match="base64"):
         parse_notice(json.dumps(d).encode(), source="x")
     d["event"]["skymap"] = base64.b64encode(b"SIMPLE  = T" + b" " * 100).decode()
-    from mmcross.errors import MmcrossError
+    from mmcross.model.errors import MmcrossError
     with pytest.raises(MmcrossError):
         parse_notice(json.dumps(d).encode(), source="x")

@@ -7,7 +7,7 @@ import healpy as hp
 import numpy as np
 import pytest
 
-from listeners.radii import CONVENTIONS, circle_spec, fisher_cdf, mixture_radius
+from mmcross.listeners.radii import CONVENTIONS, circle_spec, fisher_cdf, mixture_radius
 
 
 def _grid_mixture_radius(stat: float, systematic, containment: float = 0.9) -> float:

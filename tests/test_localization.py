@@ -21,8 +21,9 @@ from ligo.skymap.io import read_sky_map
 from ligo.skymap.postprocess.crossmatch import crossmatch
 from mocpy import MOC
 
-from mmcross.errors import BadCoordinatesError, BadSkymapError
-from mmcross.localization import (
+from mmcross.model import shapes
+from mmcross.model.errors import BadCoordinatesError, BadSkymapError
+from mmcross.model.localization import (
     Localization,
     order_ipix_to_uniq,
     uniq_to_order_ipix,
@@ -304,9 +305,9 @@ def test_oversize_refused(shared_file):
 
 def test_circle_with_bad_declination_refused():
     with pytest.raises(BadCoordinatesError):
-        Localization.from_circle(10.0, 95.0, 1.0)
+        shapes.circle(10.0, 95.0, 1.0)
     with pytest.raises(BadCoordinatesError):
-        Localization.from_circle(370.0, 0.0, 1.0)
+        shapes.circle(370.0, 0.0, 1.0)
 
 
 def test_released_caches_are_recomputed_identically(lvk):

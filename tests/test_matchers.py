@@ -15,12 +15,13 @@ from ligo.skymap.distance import parameters_to_moments
 from ligo.skymap.io import read_sky_map
 from ligo.skymap.postprocess import crossmatch
 
-from matchers import Matcher, alert_pixels
-from matchers.packed import PackedSky, pack_localization
-from mmcross.alert import AlertBatch
-from mmcross.config import Config
-from mmcross.event import Event, EventKind, NoticeAction
-from mmcross.localization import Localization
+from mmcross.matchers import Matcher, alert_pixels
+from mmcross.matchers.packed import PackedSky, pack_localization
+from mmcross.model import shapes
+from mmcross.model.alert import AlertBatch
+from mmcross.model.config import Config
+from mmcross.model.event import Event, EventKind, NoticeAction
+from mmcross.model.localization import Localization
 
 MAPS = {
     "MS181101ab": "skymaps/userguide/MS181101ab_bayestar.multiorder.fits",
@@ -180,9 +181,9 @@ def test_alerts_on_pixel_corners_get_the_pixel_healpy_assigns(maps, config):
 
 
 def test_poles_and_ra_wrap(config):
-    north = Localization.from_circle(0.0, 90.0, 5.0, tolerance=0.02)
-    south = Localization.from_circle(0.0, -90.0, 5.0, tolerance=0.02)
-    wrap = Localization.from_circle(0.0, 0.0, 2.0, tolerance=0.02)
+    north = shapes.circle(0.0, 90.0, 5.0, tolerance=0.02)
+    south = shapes.circle(0.0, -90.0, 5.0, tolerance=0.02)
+    wrap = shapes.circle(0.0, 0.0, 2.0, tolerance=0.02)
     events = [Event(f"grb:{k}", EventKind.GRB, "GBM", T0, loc, revision=1)
               for k, loc in (("n", north), ("s", south), ("w", wrap))]
     m = Matcher(config)
@@ -220,7 +221,7 @@ def test_many_events_at_once_equal_each_event_alone(maps, config):
     events = [gw_event(name, loc, T0 + k * u.day, revision=1)
               for k, (name, (loc, _)) in enumerate(maps.items())]
     events.append(Event("swift:1", EventKind.GRB, "Swift-BAT", T0,
-                        Localization.from_circle(200.0, -30.0, 3.0, tolerance=0.02),
+                        shapes.circle(200.0, -30.0, 3.0, tolerance=0.02),
                         revision=1))
     rng = np.random.default_rng(11)
     ras, decs = [], []
@@ -265,7 +266,7 @@ def test_only_restricts_to_the_given_events(maps, config):
 
 
 def test_time_window_edges_are_inclusive(config):
-    loc = Localization.from_circle(150.0, 10.0, 1.0, tolerance=0.02)
+    loc = shapes.circle(150.0, 10.0, 1.0, tolerance=0.02)
     event = Event("fermi:1", EventKind.GRB, "Fermi-GBM", T0, loc, revision=1)
     w = config.time_window(EventKind.GRB)
     t = event.trigger_mjd_tai
@@ -289,7 +290,7 @@ def test_match_records_fill_every_field(maps, config):
     event = gw_event("MS181101ab", loc, Time("2018-11-01T22:22:46.654", scale="utc"),
                      revision=3)
     circle = Event("swift:9", EventKind.GRB, "Swift-BAT", event.trigger_time,
-                   Localization.from_circle(10.0, 20.0, 0.5, tolerance=0.02), revision=2)
+                   shapes.circle(10.0, 20.0, 0.5, tolerance=0.02), revision=2)
     m = Matcher(config)
     m.set_events([event, circle])
     ra0, dec0 = loc.sample(1, np.random.default_rng(0))
@@ -375,7 +376,7 @@ def test_live_events_hold_one_compact_copy_of_their_pixels(maps, config):
     """Steady state memory: 33 bytes per packed pixel (49 with distance), one copy shared by
     the per-event packing and the concatenated sky, and no localization caches left."""
     loc = maps["S230518h"][0]
-    circle = Localization.from_circle(30.0, 10.0, 1.0, 0.9)
+    circle = shapes.circle(30.0, 10.0, 1.0, 0.9)
     m = Matcher(config)
     m.set_events([gw_event("a", loc),
                   Event("grb:c", EventKind.GRB, "GBM", T0, circle, revision=1)])

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from ligo.skymap.distance import parameters_to_moments
 
-from matchers import BackgroundRate, Matcher, conditional_distance_moments, p_chance
-from mmcross.alert import AlertBatch
-from mmcross.config import Config
+from mmcross.matchers import BackgroundRate, Matcher, conditional_distance_moments, p_chance
+from mmcross.model.alert import AlertBatch
+from mmcross.model.config import Config
 
 # -- distance moments --------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """``mmcross subscribe``: counterpart notices from real peers, filtered, printed and stored.
 
-VTP: our :class:`brokers.vtp.VTPBroadcaster` on 127.0.0.1 feeds the command (run in-process in
-a thread, stopped by ``--count``); Kafka: Avro reports written by ``match_to_avro`` to the
+VTP: our :class:`mmcross.brokers.vtp.VTPBroadcaster` on 127.0.0.1 feeds the command (run in-process
+in a thread, stopped by ``--count``); Kafka: Avro reports written by ``match_to_avro`` to the
 real local broker.
 """
 
@@ -16,13 +16,13 @@ from dataclasses import replace
 import pytest
 import voeventparse as vp
 
-from brokers.reports import match_to_avro
-from brokers.voevent_out import counterpart_voevent, retraction_voevent
-from brokers.vtp import BroadcasterSettings, VTPBroadcaster
-from catalogs import Store
-from mmcross import cli_observe
-from mmcross.match import Match
-from mmcross.observe import format_counterpart, match_from_voevent
+from mmcross.app import cli_observe
+from mmcross.app.observe import format_counterpart, match_from_voevent
+from mmcross.brokers.reports import match_to_avro
+from mmcross.brokers.voevent_out import counterpart_voevent, retraction_voevent
+from mmcross.brokers.vtp import BroadcasterSettings, VTPBroadcaster
+from mmcross.catalogs import Store
+from mmcross.model.match import Match
 
 DEADLINE = 30.0  # s, bound of every wait (never asserted on)
 
@@ -66,7 +66,7 @@ def test_counterpart_and_retraction_voevents_decode_back_to_the_match() -> None:
 
 
 def test_voevent_without_match_params_is_refused_with_its_ivorn() -> None:
-    from mmcross.errors import BadNoticeError
+    from mmcross.model.errors import BadNoticeError
 
     v = vp.Voevent(stream="example/other", stream_id="1", role=vp.definitions.roles.test)
     with pytest.raises(BadNoticeError, match="example/other"):
@@ -156,7 +156,7 @@ def test_kafka_subscriber_reads_avro_reports_and_filters(kafka_broker, tmp_path,
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    topic = f"mmcross.observe.{uuid.uuid4().hex[:8]}"
+    topic = f"mmcross.app.observe.{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": kafka_broker})
     for future in admin.create_topics([NewTopic(topic, 2, 1)]).values():
         future.result(timeout=30)

@@ -16,19 +16,19 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from listeners.partner_detections import accept_detections, parse_detections
-from listeners.partner_kafka import PartnerKafkaConsumer
-from listeners.partners import (
+from mmcross.listeners.partner_detections import accept_detections, parse_detections
+from mmcross.listeners.partner_kafka import PartnerKafkaConsumer
+from mmcross.listeners.partners import (
     Partner,
     PartnerRegistry,
     SubmissionRefusedError,
     hash_token,
     sign_submission,
 )
-from matchers.partner_stream_matcher import PartnerMatch, PartnerStreamMatcher
-from mmcross.alert import AlertBatch
-from mmcross.config import Config
-from mmcross.errors import ConfigError
+from mmcross.matchers.partner_stream_matcher import PartnerMatch, PartnerStreamMatcher
+from mmcross.model.alert import AlertBatch
+from mmcross.model.config import Config
+from mmcross.model.errors import ConfigError
 
 TOKEN = "goto-secret"
 AS = 1.0 / 3600.0
@@ -233,9 +233,9 @@ def _packets(mags: list[float | None]) -> list[bytes]:
 
     import fastavro
 
-    from brokers.alert_decoding import encode_wire
-    from brokers.rubin_schemas import get_schema
-    from mmcross.simulate import simulate_night
+    from mmcross.app.simulate import simulate_night
+    from mmcross.brokers.alert_decoding import encode_wire
+    from mmcross.brokers.rubin_schemas import get_schema
 
     template = next(iter(simulate_night(1, start_mjd_tai=T0, rng=np.random.default_rng(3),
                                         schema_id=1101, alerts_per_visit=1,
@@ -252,9 +252,9 @@ def _packets(mags: list[float | None]) -> list[bytes]:
 
 
 def test_decoded_rubin_magnitude_rise_selects_the_brightened_alert(tmp_path):
-    from brokers.alert_decoding import decode_wire_many
-    from mmcross.engine import Engine
-    from mmcross.transports import Transports
+    from mmcross.app.engine import Engine
+    from mmcross.app.transports import Transports
+    from mmcross.brokers.alert_decoding import decode_wire_many
 
     cfg = tmp_path / "c.toml"
     cfg.write_text(f"""

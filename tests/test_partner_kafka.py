@@ -16,12 +16,12 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from listeners.partner_kafka import PartnerKafkaConsumer
-from listeners.partners import PARTNER_HEADER, SIGNATURE_HEADER, hash_token, sign_submission
-from mmcross.alert import AlertBatch
-from mmcross.config import Config
-from mmcross.engine import Engine
-from tests.test_partners import BILLION_LAUGHS, EXTERNAL_ENTITY
+from mmcross.app.engine import Engine
+from mmcross.listeners.partner_kafka import PartnerKafkaConsumer
+from mmcross.listeners.partners import PARTNER_HEADER, SIGNATURE_HEADER, hash_token, sign_submission
+from mmcross.model.alert import AlertBatch
+from mmcross.model.config import Config
+from tests.helpers import BILLION_LAUGHS, EXTERNAL_ENTITY
 
 pytestmark = pytest.mark.kafka
 

@@ -26,9 +26,11 @@ import pytest
 from astropy.coordinates import SkyCoord
 from lxml import etree
 
-from brokers.vtp import BroadcasterSettings, VTPBroadcaster
-from listeners import read_notice_file
-from listeners.partners import (
+from mmcross.app.engine import Engine
+from mmcross.app.simulate import simulate_night
+from mmcross.brokers.vtp import BroadcasterSettings, VTPBroadcaster
+from mmcross.listeners import read_notice_file
+from mmcross.listeners.partners import (
     PartnerRegistry,
     SubmissionRefusedError,
     TokenBucket,
@@ -36,44 +38,36 @@ from listeners.partners import (
     ivorn_authority,
     sign_submission,
 )
-from listeners.vtp_receiver import ReceiverSettings, VTPReceiver
-from matchers.partner_streams import (
+from mmcross.listeners.vtp_receiver import ReceiverSettings, VTPReceiver
+from mmcross.matchers.partner_streams import (
     Detections,
     StreamRule,
     angular_separation_deg,
     match_stream,
     rules_from_config,
 )
-from mmcross.alert import AlertBatch
-from mmcross.config import Config, notice_options
-from mmcross.engine import Engine
-from mmcross.errors import ConfigError
-from mmcross.simulate import simulate_night
-from mmcross.vtp_protocol import LENGTH, frame, transport_message
+from mmcross.model.alert import AlertBatch
+from mmcross.model.config import Config, notice_options
+from mmcross.model.errors import ConfigError
+from mmcross.vtp.base import LENGTH, frame, transport_message
+from tests.helpers import (
+    BAT,
+    BILLION_LAUGHS,
+    EXTERNAL_ENTITY,
+    GOOD_TOKEN,
+    INTEGRAL,
+    read_packet,
+    result,
+    submit,
+    with_token,
+)
 
 GCN = "gcn/voevent/fink-mm-kafka-2024-01"
-BAT = f"{GCN}/Swift_BAT_GRB_Pos_1208389-262.xml"  # RA 270.6441 Dec 24.4866, r 0.05 deg
 GBM = f"{GCN}/Fermi_GBM_Gnd_Pos_727009399-724.xml"  # RA 18.99 Dec 20.47, r 5.71 deg
-INTEGRAL = f"{GCN}/INTEGRAL_Wakeup_Pos_010472-924.xml"
 WAIT = 30.0
-GOOD_TOKEN = "correct horse battery staple"
 NOISY_TOKEN = "noisy-partner-token"
 
-BILLION_LAUGHS = b"""<?xml version="1.0"?>
-<!DOCTYPE voe:VOEvent [
- <!ENTITY a "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa">
- <!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">
- <!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">
-]>
-<voe:VOEvent xmlns:voe="http://www.ivoa.net/xml/VOEvent/v2.0" ivorn="ivo://nasa.gsfc.gcn/x#1"
- role="observation" version="2.0"><What><Param name="mmcross_token" value="%s"/>
-<Param name="Packet_Type" value="&c;"/></What></voe:VOEvent>"""
 
-EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
-<!DOCTYPE voe:VOEvent [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
-<voe:VOEvent xmlns:voe="http://www.ivoa.net/xml/VOEvent/v2.0" ivorn="ivo://nasa.gsfc.gcn/x#2"
- role="observation" version="2.0"><What><Param name="mmcross_token" value="%s"/>
-<Param name="Packet_Type" value="&xxe;"/></What></voe:VOEvent>"""
 
 
 def partner_config(**over) -> Config:
@@ -91,36 +85,12 @@ def partner_config(**over) -> Config:
     return Config.load(overrides=data)
 
 
-def with_token(payload: bytes, token: str | None) -> bytes:
-    """The VOEvent with ``<Param name="mmcross_token">`` added to its ``What``."""
-    if token is None:
-        return payload
-    root = etree.fromstring(payload)
-    what = root.find("What")
-    etree.SubElement(what, "Param", name="mmcross_token", value=token)
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    return buf
 
 
-def read_packet(sock: socket.socket) -> etree._Element:
-    (n,) = LENGTH.unpack(recv_exact(sock, 4))
-    return etree.fromstring(recv_exact(sock, n))
 
 
-def submit(port: int, payload: bytes) -> etree._Element:
-    """Send one frame on a new connection; the Transport answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as s:
-        s.sendall(frame(payload))
-        return read_packet(s)
 
 
 def closed_by_peer(sock: socket.socket) -> bool:
@@ -131,8 +101,6 @@ def closed_by_peer(sock: socket.socket) -> bool:
         return True
 
 
-def result(reply: etree._Element) -> str:
-    return reply.findtext("Meta/Result") or ""
 
 
 def wait_until(cond: Callable[[], object], what: str) -> None:
@@ -242,7 +210,7 @@ def test_partner_push_is_acked_matched_and_counterparts_reach_its_subscription(
         gcn_event = read_notice_file(shared_file(GBM), **notice_options(config))
         engine.on_notice(gcn_event)
 
-        # Simulated Rubin alerts: a night of background from mmcross.simulate plus 3 alerts
+        # Simulated Rubin alerts: a night of background from mmcross.app.simulate plus 3 alerts
         # inside the BAT circle (r = 0.05 deg) and 2 in the GBM region.
         t0 = event.trigger_mjd_tai
         night = simulate_night(2000, start_mjd_tai=t0 + 0.1, rng=np.random.default_rng(4),

@@ -19,13 +19,13 @@ from astropy.coordinates import SkyCoord
 from astropy.time import Time
 from PIL import Image
 
-from catalogs import Store
-from listeners import read_notice_file
-from mmcross import cli_observe
-from mmcross.errors import MmcrossError
-from mmcross.event import Event, NoticeAction
-from mmcross.match import Match
-from mmcross.plot import MATCH_COLOR, REVOKED_COLOR, load_event, plot_stored_event
+from mmcross.app import cli_observe
+from mmcross.app.plot import MATCH_COLOR, REVOKED_COLOR, load_event, plot_stored_event
+from mmcross.catalogs import Store
+from mmcross.listeners import read_notice_file
+from mmcross.model.errors import MmcrossError
+from mmcross.model.event import Event, NoticeAction
+from mmcross.model.match import Match
 
 NOTICE = "gcn/json/fink-mm/S230518h-initial.json"
 EVENT_ID = "lvk:S230518h"
@@ -45,7 +45,7 @@ def _matches(event: Event) -> list[Match]:
     revoked) plus one outside the map's support region."""
     loc = event.localization
     levels = loc.credible_levels()
-    from mmcross.localization import uniq_to_order_ipix
+    from mmcross.model.localization import uniq_to_order_ipix
 
     order, ipix = uniq_to_order_ipix(loc.uniq)
     ra, dec = np.empty(loc.n_pixels), np.empty(loc.n_pixels)
@@ -169,13 +169,13 @@ def test_unknown_event_is_refused_with_the_store_named(store) -> None:
 
 
 def test_zoom_panel_centres_on_the_credible_region(event) -> None:
-    from mmcross.plot import zoom_region
+    from mmcross.app.plot import zoom_region
 
     ra, dec, radius = zoom_region(event.localization)
     centre = SkyCoord(ra * u.deg, dec * u.deg)
     # every 90%-region pixel lies within the radius (healpy pixel centres)
     loc = event.localization
-    from mmcross.localization import uniq_to_order_ipix
+    from mmcross.model.localization import uniq_to_order_ipix
 
     order, ipix = uniq_to_order_ipix(loc.uniq[loc.region_mask(0.9)])
     ras, decs = np.empty(len(ipix)), np.empty(len(ipix))

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import voeventparse
 
-from brokers.reports import read_json_lines
-from listeners import read_notice_file
-from mmcross.cli import main
-from mmcross.simulate import simulate_night
+from mmcross.app.cli import main
+from mmcross.app.simulate import simulate_night
+from mmcross.brokers.reports import read_json_lines
+from mmcross.listeners import read_notice_file
 
 CONFIG = """
 [localization]
@@ -80,7 +80,7 @@ def test_replay_of_a_missing_file_is_a_clear_error(tmp_path, capsys):
 
 
 def test_simulate_writes_a_readable_stream_with_injections(shared_file, tmp_path, capsys):
-    from brokers.alert_files import read_alert_file
+    from mmcross.brokers.alert_files import read_alert_file
 
     out = tmp_path / "sim.avro"
     truth = tmp_path / "truth.json"

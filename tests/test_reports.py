@@ -9,25 +9,15 @@ import json
 import fastavro
 import pytest
 
-from brokers.reports import (
+from mmcross.brokers.reports import (
     MATCH_REPORT_SCHEMA_PATH,
     JsonLinesWriter,
     match_from_avro,
     match_to_avro,
     read_json_lines,
 )
-from mmcross.match import Match
-
-
-def make_match(i: int = 0, **kw) -> Match:
-    values = dict(event_id="lvk:S230518h", event_revision=2, event_kind="gw", instrument="LVK",
-                  event_time="2023-05-18T12:59:08.167Z", alert_id=7912941781254298 + i,
-                  object_id=str(7912941781254298 + i), ra=55.75212760972686,
-                  dec=-32.26847858422095, alert_time="2023-05-19T05:35:39.168Z",
-                  time_offset=0.6914, credible_level=0.52, searched_area=123.4,
-                  prob_density=2.5e-3, distance_mean=240.5, distance_std=61.0, p_chance=0.013)
-    values.update(kw)
-    return Match(**values)
+from mmcross.model.match import Match
+from tests.helpers import make_match
 
 
 def test_avsc_has_exactly_the_match_fields():

@@ -14,70 +14,70 @@ from pathlib import Path
 
 import pytest
 
-from catalogs import Store
-from listeners import read_notice_file
-from mmcross.config import Config, notice_options
-from tests.test_service_kafka import (
+from mmcross.catalogs import Store
+from mmcross.listeners import read_notice_file
+from mmcross.model.config import Config, notice_options
+from tests.helpers import (
     GW_NOTICE,
-    _committed,
-    _count,
-    _create_topics,
-    _expected,
-    _inside,
-    _night,
-    _produce,
-    _read_all,
-    _wait,
+    create_topics,
+    group_offset,
+    injected_in,
+    offline_matches,
     produce_notices,
+    produce_values,
+    read_topic,
     running,
     service_config,
+    sim_night,
+    topic_size,
     unique_names,
+    wait_for,
 )
 
 
 @pytest.mark.kafka
 def test_service_resumes_by_itself_after_the_broker_restarts(
         local_kafka, shared_file, tmp_path: Path) -> None:
-    from mmcross.service import ListenService
+    from mmcross.app.service import ListenService
 
     bootstrap = local_kafka.bootstrap
     names = unique_names()
-    _create_topics(bootstrap, [names["alerts"]], 2)
-    _create_topics(bootstrap, [names["reports"], names["voevents"], names["dead"]], 2)
-    _create_topics(bootstrap, [names["gw"]], 1)
+    create_topics(bootstrap, [names["alerts"]], 2)
+    create_topics(bootstrap, [names["reports"], names["voevents"], names["dead"]], 2)
+    create_topics(bootstrap, [names["gw"]], 1)
     config = Config.load(service_config(tmp_path / "c.toml", bootstrap, names,
                                         notice_topics=[names["gw"]], batch_size=50))
     notice = shared_file(GW_NOTICE)
     gw = read_notice_file(notice, **notice_options(config))
     t0 = gw.trigger_mjd_tai
-    night = _night(1600, t0 - 0.002, 0.2, gw.localization, 16, t0, t0 + 0.2, 9 * 10**6, 21)
+    night = sim_night(1600, t0 - 0.002, 0.2, gw.localization, 16, t0, t0 + 0.2, 9 * 10**6, 21)
     msgs = list(night.messages())
     first, rest = msgs[:800], msgs[800:]
-    expected = _expected(config, [gw, msgs])
-    assert _inside(night, gw, 0.9) <= set(expected) and len(expected) >= 8
+    expected = offline_matches(config, [gw, msgs])
+    assert injected_in(night, gw, 0.9) <= set(expected) and len(expected) >= 8
 
     service = ListenService(config, Store(f"sqlite:///{tmp_path / 'live.sqlite'}"), env={})
     with running(service) as thread:
         produce_notices(bootstrap, names["gw"], [notice.read_bytes()])
-        _wait(lambda: service.engine is not None and gw.event_id in service.engine.index,
-              "notice applied")
-        _produce(bootstrap, names["alerts"], first)
-        _wait(lambda: _count(bootstrap, names["reports"]) > 0, "first reports")
+        wait_for(lambda: service.engine is not None and gw.event_id in service.engine.index,
+                 "notice applied")
+        produce_values(bootstrap, names["alerts"], first)
+        wait_for(lambda: topic_size(bootstrap, names["reports"]) > 0, "first reports")
         errors_before = service.stats.transport_errors
         local_kafka.stop()
         time.sleep(3.0)  # the service polls, fails to reach the broker, backs off
         assert thread.is_alive()
         local_kafka.start()
-        _produce(bootstrap, names["alerts"], rest)
-        _wait(lambda: _committed(bootstrap, names["group"], names["alerts"]) == len(msgs),
-              "every alert committed after the restart")
+        produce_values(bootstrap, names["alerts"], rest)
+        wait_for(lambda: group_offset(bootstrap, names["group"], names["alerts"]) == len(msgs),
+                 "every alert committed after the restart")
         assert thread.is_alive()
         assert service.stats.transport_errors > errors_before  # it did see the outage
 
-    reports = _read_all(bootstrap, names["reports"])
+    reports = read_topic(bootstrap, names["reports"])
     counts = Counter(m.key().decode() for m in reports)
     assert set(counts) == set(expected), (
         f"missing {set(expected) - set(counts)}, unexpected {set(counts) - set(expected)}")
     assert max(counts.values()) == 1, {k: n for k, n in counts.items() if n > 1}
-    voevents = _read_all(bootstrap, names["voevents"])
+    voevents = read_topic(bootstrap, names["voevents"])
     assert Counter(m.key().decode() for m in voevents) == counts

@@ -23,11 +23,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from catalogs import Store
-from listeners import read_notice_file
-from mmcross.alert import AlertBatch
-from mmcross.config import Config, notice_options
-from tests.test_service_kafka import GBM_NOTICE, GW_NOTICE, REPO, _expected, _inside, _night, _wait
+from mmcross.catalogs import Store
+from mmcross.listeners import read_notice_file
+from mmcross.model.alert import AlertBatch
+from mmcross.model.config import Config, notice_options
+from tests.helpers import (
+    GBM_NOTICE,
+    GW_NOTICE,
+    REPO,
+    injected_in,
+    offline_matches,
+    sim_night,
+    wait_for,
+)
 
 
 def _config(path: Path, spool: Path) -> Path:
@@ -75,11 +83,11 @@ def scenario(shared_file):
     gw_path, gbm_path = shared_file(GW_NOTICE), shared_file(GBM_NOTICE)
     gw, gbm = read_notice_file(gw_path, **opts), read_notice_file(gbm_path, **opts)
     g0, b0 = gw.trigger_mjd_tai, gbm.trigger_mjd_tai
-    early = _night(600, g0 - 0.002, 0.1, gw.localization, 8, g0, g0 + 0.1, 20 * 10**6, 31)
-    grb = _night(500, b0 - 0.002, 0.1, gbm.localization, 6, b0, b0 + 0.1, 21 * 10**6, 32)
+    early = sim_night(600, g0 - 0.002, 0.1, gw.localization, 8, g0, g0 + 0.1, 20 * 10**6, 31)
+    grb = sim_night(500, b0 - 0.002, 0.1, gbm.localization, 6, b0, b0 + 0.1, 21 * 10**6, 32)
     early_msgs, grb_msgs = list(early.messages()), list(grb.messages())
-    expected = _expected(config, [early_msgs, gw, gbm, grb_msgs])
-    assert _inside(early, gw, 0.9) | _inside(grb, gbm, 0.9) <= set(expected)
+    expected = offline_matches(config, [early_msgs, gw, gbm, grb_msgs])
+    assert injected_in(early, gw, 0.9) | injected_in(grb, gbm, 0.9) <= set(expected)
     assert {k.split("|")[0] for k in expected} == {gw.event_id, gbm.event_id}
     return {"gw_path": gw_path, "gbm_path": gbm_path, "gw": gw, "early": early, "grb": grb,
             "expected": expected}
@@ -87,7 +95,7 @@ def scenario(shared_file):
 
 def test_embedded_spool_reports_each_match_once_and_survives_restart(
         scenario: dict, tmp_path: Path) -> None:
-    from mmcross.embedded import EmbeddedService
+    from mmcross.app.embedded import EmbeddedService
 
     spool = tmp_path / "spool"
     config = Config.load(_config(tmp_path / "c.toml", spool))
@@ -111,15 +119,15 @@ def test_embedded_spool_reports_each_match_once_and_survives_restart(
     thread.start()
     expected = scenario["expected"]
     try:
-        _wait(lambda: service.spool is not None and service.spool.pending() == 0,
-              "spool emptied")
+        wait_for(lambda: service.spool is not None and service.spool.pending() == 0,
+                 "spool emptied")
         done = sorted(str(p.relative_to(spool / "done")) for p in (spool / "done").rglob("*")
                       if p.is_file())
         assert done == ["alerts/grb.avro", "early.wires", "gbm.xml", "notices/S230518h.json"]
         assert _jsonl_keys(out / "matches.jsonl") == Counter(set(expected))
         # The same alerts dropped again: read, but nothing reported twice (store de-dup).
         _drop(inbox, "early-again.wires", src=wires)
-        _wait(lambda: (spool / "done" / "early-again.wires").exists(), "second copy handled")
+        wait_for(lambda: (spool / "done" / "early-again.wires").exists(), "second copy handled")
         assert service.metrics.value("alerts_total") == len(scenario["early"]) * 2 + len(
             scenario["grb"])
     finally:
@@ -159,7 +167,7 @@ def test_mmcross_listen_without_kafka_runs_on_the_spool(scenario: dict, tmp_path
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
     log_path = tmp_path / "listen.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "mmcross.cli", "listen", "--config",
+        proc = subprocess.Popen([sys.executable, "-m", "mmcross", "listen", "--config",
                                  str(cfg), "--spool", str(spool), "--db", db], cwd=REPO,
                                 env=env, stdout=subprocess.PIPE, stderr=log)
     try:
@@ -169,8 +177,8 @@ def test_mmcross_listen_without_kafka_runs_on_the_spool(scenario: dict, tmp_path
         _drop(spool / "in", "S230518h.json", src=scenario["gw_path"], mtime=now - 10)
         _drop(spool / "in", "early.wires", src=wires, mtime=now - 5)
         want = {k for k in scenario["expected"] if k.startswith(scenario["gw"].event_id)}
-        _wait(lambda: set(_jsonl_keys(spool / "out" / "matches.jsonl")) == want,
-              "reports of the GW")
+        wait_for(lambda: set(_jsonl_keys(spool / "out" / "matches.jsonl")) == want,
+                 "reports of the GW")
         proc.send_signal(signal.SIGTERM)
         stdout, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, log_path.read_text()
@@ -185,7 +193,7 @@ def test_mmcross_listen_without_kafka_runs_on_the_spool(scenario: dict, tmp_path
 
 def test_stored_alert_history_is_pruned_to_the_longest_window_at_start(
         tmp_path: Path) -> None:
-    from mmcross.embedded import EmbeddedService
+    from mmcross.app.embedded import EmbeddedService
 
     spool = tmp_path / "spool"
     config = Config.load(_config(tmp_path / "c.toml", spool))
@@ -210,8 +218,8 @@ def test_stored_alert_history_is_pruned_to_the_longest_window_at_start(
 
 
 def test_alert_history_is_pruned_periodically_while_running(tmp_path: Path) -> None:
-    from mmcross.embedded import EmbeddedService
-    from mmcross.simulate import simulate_night
+    from mmcross.app.embedded import EmbeddedService
+    from mmcross.app.simulate import simulate_night
 
     spool = tmp_path / "spool"
     cfg = _config(tmp_path / "c.toml", spool)

@@ -15,23 +15,23 @@ from pathlib import Path
 
 import pytest
 
-from catalogs import Store
-from listeners import read_notice_file
-from mmcross.cli import main
-from mmcross.config import Config, notice_options
-from mmcross.metrics import Metrics, MetricsServer, parse_metrics
-from tests.test_service_kafka import (
+from mmcross.app.cli import main
+from mmcross.app.metrics import Metrics, MetricsServer, parse_metrics
+from mmcross.catalogs import Store
+from mmcross.listeners import read_notice_file
+from mmcross.model.config import Config, notice_options
+from tests.helpers import (
     GW_NOTICE,
-    _committed,
-    _create_topics,
-    _expected,
-    _night,
-    _produce,
-    _wait,
+    create_topics,
+    group_offset,
+    offline_matches,
     produce_notices,
+    produce_values,
     running,
     service_config,
+    sim_night,
     unique_names,
+    wait_for,
 )
 
 # One sample line of the text exposition format 0.0.4.
@@ -87,41 +87,41 @@ def _total(scraped: dict, name: str) -> float:
 @pytest.mark.kafka
 def test_metrics_endpoint_and_status_during_a_run(
         kafka_broker: str, shared_file, tmp_path: Path, capsys) -> None:
-    from mmcross.service import ListenService
+    from mmcross.app.service import ListenService
 
     names = unique_names()
-    _create_topics(kafka_broker, [names["alerts"]], 2)
-    _create_topics(kafka_broker, [names["reports"], names["voevents"], names["dead"]], 1)
-    _create_topics(kafka_broker, [names["gw"]], 1)
+    create_topics(kafka_broker, [names["alerts"]], 2)
+    create_topics(kafka_broker, [names["reports"], names["voevents"], names["dead"]], 1)
+    create_topics(kafka_broker, [names["gw"]], 1)
     config = Config.load(service_config(tmp_path / "c.toml", kafka_broker, names,
                                         notice_topics=[names["gw"]]))
     notice = shared_file(GW_NOTICE)
     gw = read_notice_file(notice, **notice_options(config))
     t0 = gw.trigger_mjd_tai
-    night = _night(900, t0 - 0.002, 0.1, gw.localization, 10, t0, t0 + 0.1, 13 * 10**6, 8)
+    night = sim_night(900, t0 - 0.002, 0.1, gw.localization, 10, t0, t0 + 0.1, 13 * 10**6, 8)
     msgs = list(night.messages())
     garbage = [b"nope", struct.pack(">bI", 0, 4242) + b"\x02"]
-    expected = _expected(config, [gw, msgs])
+    expected = offline_matches(config, [gw, msgs])
     assert len(expected) >= 5
 
     db = f"sqlite:///{tmp_path / 'live.sqlite'}"
     service = ListenService(config, Store(db), env={}, metrics_port=0)
     with running(service):
-        _wait(lambda: service.metrics_server is not None, "metrics endpoint up")
+        wait_for(lambda: service.metrics_server is not None, "metrics endpoint up")
         url = service.metrics_server.url
         text, scraped = _scrape(url)
         _check_exposition(text)
         assert _total(scraped, "mmcross_alerts_total") == 0
         produce_notices(kafka_broker, names["gw"], [notice.read_bytes(), b"{not json"])
-        _produce(kafka_broker, names["alerts"], msgs + garbage)
+        produce_values(kafka_broker, names["alerts"], msgs + garbage)
         total = len(msgs) + len(garbage)
-        _wait(lambda: _committed(kafka_broker, names["group"], names["alerts"]) == total,
-              "alerts committed")
-        _wait(lambda: _scrape(url)[1].get("mmcross_consumer_lag") == {(): 0.0}, "lag 0")
+        wait_for(lambda: group_offset(kafka_broker, names["group"], names["alerts"]) == total,
+                 "alerts committed")
+        wait_for(lambda: _scrape(url)[1].get("mmcross_consumer_lag") == {(): 0.0}, "lag 0")
         # The notice may be applied after the alerts (retro-matching): wait for its reports.
-        _wait(lambda: _total(_scrape(url)[1], "mmcross_reports_delivered_total") >= len(
+        wait_for(lambda: _total(_scrape(url)[1], "mmcross_reports_delivered_total") >= len(
             expected), "reports delivered")
-        _wait(lambda: _total(_scrape(url)[1], "mmcross_notices_total") >= 2, "both notices")
+        wait_for(lambda: _total(_scrape(url)[1], "mmcross_notices_total") >= 2, "both notices")
         text, scraped = _scrape(url)
         _check_exposition(text)
         assert _total(scraped, "mmcross_alerts_total") == len(msgs)

@@ -18,25 +18,25 @@ import numpy as np
 import pytest
 from lsst.alert.packet import SchemaRegistry
 
-from brokers.alert_decoding import decode_wire_many
-from brokers.kafka_schemas import SchemaResolver
-from brokers.rubin_schemas import latest_schema_id
-from catalogs import Store
-from listeners import read_notice_file
-from mmcross.config import Config, notice_options
-from mmcross.errors import BadAlertError
-from tests.test_service_kafka import (
+from mmcross.brokers.alert_decoding import decode_wire_many
+from mmcross.brokers.kafka_schemas import SchemaResolver
+from mmcross.brokers.rubin_schemas import latest_schema_id
+from mmcross.catalogs import Store
+from mmcross.listeners import read_notice_file
+from mmcross.model.config import Config, notice_options
+from mmcross.model.errors import BadAlertError
+from tests.helpers import (
     GW_NOTICE,
-    _committed,
-    _create_topics,
-    _expected,
-    _night,
-    _produce,
-    _read_all,
-    _wait,
+    create_topics,
+    group_offset,
+    offline_matches,
     produce_notices,
+    produce_values,
+    read_topic,
     service_config,
+    sim_night,
     unique_names,
+    wait_for,
 )
 
 REGISTRY_ID = 424242  # not an lsst-alert-packet id
@@ -94,7 +94,7 @@ def registry():
 
 
 def _alerts(n: int = 120):
-    from mmcross.simulate import simulate_night
+    from mmcross.app.simulate import simulate_night
 
     return simulate_night(n, start_mjd_tai=61000.1, duration_days=0.1,
                           rng=np.random.default_rng(4), first_id=31 * 10**6,
@@ -166,12 +166,12 @@ def test_unreachable_registry_falls_back_to_the_package() -> None:
 @pytest.mark.kafka
 def test_listen_decodes_alerts_with_the_registry_schema(
         kafka_broker: str, registry: _Registry, shared_file, tmp_path: Path) -> None:
-    from mmcross.service import ListenService
+    from mmcross.app.service import ListenService
 
     names = unique_names()
-    _create_topics(kafka_broker, [names["alerts"]], 2)
-    _create_topics(kafka_broker, [names["reports"], names["voevents"], names["dead"]], 1)
-    _create_topics(kafka_broker, [names["gw"]], 1)
+    create_topics(kafka_broker, [names["alerts"]], 2)
+    create_topics(kafka_broker, [names["reports"], names["voevents"], names["dead"]], 1)
+    create_topics(kafka_broker, [names["gw"]], 1)
     path = service_config(tmp_path / "c.toml", kafka_broker, names,
                           notice_topics=[names["gw"]])
     path.write_text(path.read_text().replace(
@@ -180,9 +180,9 @@ def test_listen_decodes_alerts_with_the_registry_schema(
     notice = shared_file(GW_NOTICE)
     gw = read_notice_file(notice, **notice_options(config))
     t0 = gw.trigger_mjd_tai
-    sim = _night(400, t0 - 0.002, 0.1, gw.localization, 6, t0, t0 + 0.1, 32 * 10**6, 42)
+    sim = sim_night(400, t0 - 0.002, 0.1, gw.localization, 6, t0, t0 + 0.1, 32 * 10**6, 42)
     msgs = list(sim.messages())
-    expected = _expected(config, [gw, msgs])
+    expected = offline_matches(config, [gw, msgs])
     assert len(expected) >= 3
     reframed = [_reframe(m, REGISTRY_ID) for m in msgs]
 
@@ -191,15 +191,15 @@ def test_listen_decodes_alerts_with_the_registry_schema(
     thread.start()
     try:
         produce_notices(kafka_broker, names["gw"], [notice.read_bytes()])
-        _wait(lambda: service.engine is not None and gw.event_id in service.engine.index,
-              "notice applied")
-        _produce(kafka_broker, names["alerts"], reframed)
-        _wait(lambda: _committed(kafka_broker, names["group"], names["alerts"]) == len(msgs),
-              "alerts committed")
+        wait_for(lambda: service.engine is not None and gw.event_id in service.engine.index,
+                 "notice applied")
+        produce_values(kafka_broker, names["alerts"], reframed)
+        wait_for(lambda: group_offset(kafka_broker, names["group"], names["alerts"]) == len(msgs),
+                 "alerts committed")
     finally:
         service.stop()
         thread.join(30)
     assert service.stats.alerts == len(msgs)
     assert service.dead_letters.total == 0
-    reports = _read_all(kafka_broker, names["reports"])
+    reports = read_topic(kafka_broker, names["reports"])
     assert Counter(m.key().decode() for m in reports) == Counter(set(expected))

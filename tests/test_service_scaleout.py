@@ -14,24 +14,24 @@ from pathlib import Path
 
 import pytest
 
-from catalogs import Store
-from listeners import read_notice_file
-from mmcross.config import Config, notice_options
-from tests.test_service_kafka import (
+from mmcross.catalogs import Store
+from mmcross.listeners import read_notice_file
+from mmcross.model.config import Config, notice_options
+from tests.helpers import (
     GBM_NOTICE,
     GW_NOTICE,
-    _committed,
-    _create_topics,
-    _expected,
-    _inside,
-    _night,
-    _produce,
-    _read_all,
-    _start_listener,
-    _wait,
+    create_topics,
+    group_offset,
+    injected_in,
+    offline_matches,
     produce_notices,
+    produce_values,
+    read_topic,
     service_config,
+    sim_night,
+    start_listener,
     unique_names,
+    wait_for,
 )
 
 _ASSIGNED = re.compile(r"alert partitions assigned: (.*)")
@@ -46,9 +46,9 @@ def test_two_listeners_share_the_alert_partitions_and_each_sees_every_event(
         kafka_broker: str, shared_file, tmp_path: Path) -> None:
     names = unique_names()
     gbm_topic = f"gcn.classic.voevent.FERMI_GBM_GND_POS.{names['group']}"
-    _create_topics(kafka_broker, [names["alerts"]], 4)
-    _create_topics(kafka_broker, [names["reports"], names["voevents"], names["dead"]], 2)
-    _create_topics(kafka_broker, [names["gw"], gbm_topic], 1)
+    create_topics(kafka_broker, [names["alerts"]], 4)
+    create_topics(kafka_broker, [names["reports"], names["voevents"], names["dead"]], 2)
+    create_topics(kafka_broker, [names["gw"], gbm_topic], 1)
     cfg = service_config(tmp_path / "c.toml", kafka_broker, names,
                          notice_topics=[names["gw"], gbm_topic], batch_size=100)
     config = Config.load(cfg)
@@ -56,27 +56,27 @@ def test_two_listeners_share_the_alert_partitions_and_each_sees_every_event(
     opts = notice_options(config)
     gw, gbm = read_notice_file(gw_path, **opts), read_notice_file(gbm_path, **opts)
     g0, b0 = gw.trigger_mjd_tai, gbm.trigger_mjd_tai
-    gw_night = _night(1200, g0 - 0.002, 0.2, gw.localization, 12, g0, g0 + 0.2, 11 * 10**6, 5)
-    grb_night = _night(800, b0 - 0.002, 0.1, gbm.localization, 8, b0, b0 + 0.1, 12 * 10**6, 6)
+    gw_night = sim_night(1200, g0 - 0.002, 0.2, gw.localization, 12, g0, g0 + 0.2, 11 * 10**6, 5)
+    grb_night = sim_night(800, b0 - 0.002, 0.1, gbm.localization, 8, b0, b0 + 0.1, 12 * 10**6, 6)
     gw_msgs, grb_msgs = list(gw_night.messages()), list(grb_night.messages())
-    expected = _expected(config, [gw, gbm, gw_msgs, grb_msgs])
-    assert _inside(gw_night, gw, 0.9) | _inside(grb_night, gbm, 0.9) <= set(expected)
+    expected = offline_matches(config, [gw, gbm, gw_msgs, grb_msgs])
+    assert injected_in(gw_night, gw, 0.9) | injected_in(grb_night, gbm, 0.9) <= set(expected)
     assert {k.split("|")[0] for k in expected} == {gw.event_id, gbm.event_id}
 
     produce_notices(kafka_broker, names["gw"], [gw_path.read_bytes()])
     produce_notices(kafka_broker, gbm_topic, [gbm_path.read_bytes()])
     dbs = [f"sqlite:///{tmp_path / f'live{i}.sqlite'}" for i in (0, 1)]
     logs = [tmp_path / f"listen{i}.log" for i in (0, 1)]
-    procs = [_start_listener(cfg, db, log) for db, log in zip(dbs, logs, strict=True)]
+    procs = [start_listener(cfg, db, log) for db, log in zip(dbs, logs, strict=True)]
     try:
         for db in dbs:  # each process sees every event
-            _wait(lambda db=db: {gw.event_id, gbm.event_id} <= {
+            wait_for(lambda db=db: {gw.event_id, gbm.event_id} <= {
                 e["event_id"] for e in Store(db).events()}, f"both events in {db}")
-        _wait(lambda: all(_assigned(p) for p in logs), "both listeners assigned partitions")
-        _produce(kafka_broker, names["alerts"], gw_msgs + grb_msgs)
+        wait_for(lambda: all(_assigned(p) for p in logs), "both listeners assigned partitions")
+        produce_values(kafka_broker, names["alerts"], gw_msgs + grb_msgs)
         total = len(gw_msgs) + len(grb_msgs)
-        _wait(lambda: _committed(kafka_broker, names["group"], names["alerts"]) == total,
-              "all alerts committed")
+        wait_for(lambda: group_offset(kafka_broker, names["group"], names["alerts"]) == total,
+                 "all alerts committed")
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
@@ -95,7 +95,7 @@ def test_two_listeners_share_the_alert_partitions_and_each_sees_every_event(
     assert not seen[0] & seen[1]  # shared, not duplicated
     assert len(seen[0] | seen[1]) == total
 
-    reports = _read_all(kafka_broker, names["reports"])
+    reports = read_topic(kafka_broker, names["reports"])
     counts = Counter(m.key().decode() for m in reports)
     assert set(counts) == set(expected), (
         f"missing {set(expected) - set(counts)}, unexpected {set(counts) - set(expected)}")

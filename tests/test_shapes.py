@@ -1,7 +1,7 @@
 """Rasterised circles, ellipses and boxes against their analytic credible levels.
 
 Positions at known offsets are made with astropy (``directional_offset_by``) and the analytic
-credible levels are written out here independently of :mod:`mmcross.shapes` (closed forms, or
+credible levels are written out here independently of :mod:`mmcross.model.shapes` (closed forms, or
 scipy quadrature on the sphere for the angular Gaussian).
 """
 
@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import integrate, optimize
 
-from mmcross.errors import BadCoordinatesError
-from mmcross.localization import Localization
+from mmcross.model import shapes
+from mmcross.model.errors import BadCoordinatesError
+from mmcross.model.localization import Localization
 
 TOL = 3e-3  # rasterisation tolerance of most tests (1e-3 builds take ~2 s each)
 RNG = np.random.default_rng(20240115)
@@ -68,7 +69,7 @@ def check_points(loc: Localization, ra, dec, expected, tol: float):
 @pytest.mark.parametrize("radius", [0.5, 10.0, 70.0])
 def test_circle_credible_levels_match_analytic(model, reference, radius):
     ra, dec, c = 201.3, -43.2, 0.9
-    loc = Localization.from_circle(ra, dec, radius, c, model=model, tolerance=TOL)
+    loc = shapes.circle(ra, dec, radius, c, model=model, tolerance=TOL)
     theta = radius * np.r_[RNG.uniform(0, 2.5, 300), 1.0, 1.0, 1.0, 1.0]
     ra_p, dec_p = offsets(ra, dec, theta, RNG.uniform(0, 360, len(theta)))
     expected = reference(theta, radius, c)
@@ -83,8 +84,8 @@ def test_circle_credible_levels_match_analytic(model, reference, radius):
 def test_fisher_and_gaussian_differ_for_large_circles():
     theta = np.array([30.0, 60.0, 90.0])
     assert np.max(np.abs(fisher_cl(theta, 70, 0.9) - gauss_angle_cl(theta, 70, 0.9))) > 0.01
-    a = Localization.from_circle(10, 10, 70, model="fisher", tolerance=1e-2)
-    b = Localization.from_circle(10, 10, 70, model="gaussian", tolerance=1e-2)
+    a = shapes.circle(10, 10, 70, model="fisher", tolerance=1e-2)
+    b = shapes.circle(10, 10, 70, model="gaussian", tolerance=1e-2)
     ra, dec = offsets(10, 10, theta, np.zeros(3))
     np.testing.assert_allclose(a.credible_level_at(ra, dec), fisher_cl(theta, 70, 0.9),
                                atol=1e-2)
@@ -95,7 +96,7 @@ def test_fisher_and_gaussian_differ_for_large_circles():
 def test_tiny_circle_concentrated_where_stated():
     # Swift-BAT-like 3 arcmin circle at the default tolerance 1e-3: the depth is chosen from
     # the radius (beyond the order 18 that cannot resolve it)
-    loc = Localization.from_circle(64.7373, 13.3517, 0.05, 0.9)
+    loc = shapes.circle(64.7373, 13.3517, 0.05, 0.9)
     assert loc.max_order > 18
     theta = np.r_[0.0, 0.025, 0.05, 0.1, RNG.uniform(0, 0.12, 3000)]
     ra, dec = offsets(64.7373, 13.3517, theta, RNG.uniform(0, 360, len(theta)))
@@ -105,7 +106,7 @@ def test_tiny_circle_concentrated_where_stated():
 
 def test_fisher_circle_meets_1e3_at_random_points_and_pixel_corners():
     ra, dec, radius, c, tol = 201.3, -43.2, 1.0, 0.9, 1e-3
-    loc = Localization.from_circle(ra, dec, radius, c, tolerance=tol)
+    loc = shapes.circle(ra, dec, radius, c, tolerance=tol)
     centre = SkyCoord(ra * u.deg, dec * u.deg)
     # uniform in area out to 2.5 radii, plus a dense core
     theta = np.degrees(np.sqrt(RNG.uniform(0, 1, 20000))) * math.radians(2.5 * radius)
@@ -133,14 +134,14 @@ def test_fisher_circle_meets_1e3_at_random_points_and_pixel_corners():
 def test_xrt_circle_resolved_beyond_order_18():
     # Swift-XRT-like 5.8 arcsec circle: order 18 pixels (0.8 arcsec) are far too coarse
     ra, dec, radius, tol = 10.0, 80.0, 0.0016, 3e-3
-    loc = Localization.from_circle(ra, dec, radius, 0.9, tolerance=tol)
+    loc = shapes.circle(ra, dec, radius, 0.9, tolerance=tol)
     assert loc.max_order > 20
     theta = radius * np.r_[RNG.uniform(0, 2.5, 3000), 1.0]
     ra_p, dec_p = offsets(ra, dec, theta, RNG.uniform(0, 360, len(theta)))
     check_points(loc, ra_p, dec_p, fisher_cl(theta, radius, 0.9), tol)
     assert loc.area(0.9) == pytest.approx(np.pi * radius**2, rel=1e-2)
     # an explicit max_order is a hard cap
-    capped = Localization.from_circle(ra, dec, radius, 0.9, tolerance=tol, max_order=16)
+    capped = shapes.circle(ra, dec, radius, 0.9, tolerance=tol, max_order=16)
     assert capped.max_order == 16
 
 
@@ -156,7 +157,7 @@ def _pixel_centres(uniq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_samples_from_circle_fall_inside_at_the_containment_rate():
-    loc = Localization.from_circle(300.0, 60.0, 5.0, 0.68, tolerance=1e-2)
+    loc = shapes.circle(300.0, 60.0, 5.0, 0.68, tolerance=1e-2)
     ra, dec = loc.sample(20000, np.random.default_rng(7))
     sep = SkyCoord(ra * u.deg, dec * u.deg).separation(SkyCoord(300 * u.deg, 60 * u.deg)).deg
     assert abs(np.mean(sep <= 5.0) - 0.68) < 0.015
@@ -171,7 +172,7 @@ def test_samples_from_circle_fall_inside_at_the_containment_rate():
 )
 def test_circle_anywhere_on_the_sky(ra, dec, radius, containment):
     tol = 1e-2
-    loc = Localization.from_circle(ra, dec, radius, containment, tolerance=tol)
+    loc = shapes.circle(ra, dec, radius, containment, tolerance=tol)
     rng = np.random.default_rng(abs(int(ra * 1000 + dec * 7)))
     theta = radius * np.r_[rng.uniform(0, 2, 60), 1.0]
     ra_p, dec_p = offsets(ra, dec, theta, rng.uniform(0, 360, len(theta)))
@@ -186,7 +187,7 @@ def test_circle_centred_on_a_pole(dec):
     # contours are then HEALPix rings of exactly equal density, whose ties move the greedy
     # credible level by up to their whole range (found by hypothesis above)
     tol, radius, c = 1e-2, 30.0, 0.5
-    loc = Localization.from_circle(0.0, dec, radius, c, tolerance=tol)
+    loc = shapes.circle(0.0, dec, radius, c, tolerance=tol)
     theta = radius * np.r_[RNG.uniform(0, 2, 20000), 1.0]
     ra_p, dec_p = offsets(0.0, dec, theta, RNG.uniform(0, 360, len(theta)))
     check_points(loc, ra_p, dec_p, fisher_cl(theta, radius, c), tol)
@@ -196,7 +197,7 @@ def test_circle_centred_on_a_pole(dec):
 
 def test_ellipse_containment_region_is_the_stated_ellipse():
     ra, dec, a, b, pa, c = 150.1, -9.2, 8.0, 3.0, 35.0, 0.9
-    loc = Localization.from_ellipse(ra, dec, a, b, pa, c, tolerance=TOL)
+    loc = shapes.ellipse(ra, dec, a, b, pa, c, tolerance=TOL)
     rho_c = math.sqrt(-2 * math.log1p(-c))
     # along the axes at fractions f of the semi-axes, the Gaussian credible level is
     # 1 - exp(-(f rho_c)^2 / 2) (distances as Lambert chords 2 sin(theta/2))
@@ -215,8 +216,8 @@ def test_ellipse_containment_region_is_the_stated_ellipse():
 
 def test_ellipse_axis_order_and_position_angle_convention():
     # PA 90 (major axis east-west) equals PA 0 with the axes swapped
-    a = Localization.from_ellipse(30, 20, 4.0, 1.0, 90.0, tolerance=1e-2)
-    b = Localization.from_ellipse(30, 20, 1.0, 4.0, 0.0, tolerance=1e-2)
+    a = shapes.ellipse(30, 20, 4.0, 1.0, 90.0, tolerance=1e-2)
+    b = shapes.ellipse(30, 20, 1.0, 4.0, 0.0, tolerance=1e-2)
     ra_e, dec_e = offsets(30, 20, np.array([3.0, 3.0]), np.array([90.0, 0.0]))
     cl_a = a.credible_level_at(ra_e, dec_e)
     assert cl_a[0] < 0.8 < 0.999 < cl_a[1]  # 3 deg east is inside, 3 deg north is not
@@ -227,7 +228,7 @@ def test_box_reaches_the_stated_asymmetric_errors():
     # IceCube-style: RA errors in RA-coordinate degrees, converted by cos(dec)
     ra, dec, c = 273.48, 22.16, 0.9
     rp, rm, dp, dm = 1.5, 0.8, 0.6, 1.1
-    loc = Localization.from_box(ra, dec, rp, rm, dp, dm, c, tolerance=TOL)
+    loc = shapes.box(ra, dec, rp, rm, dp, dm, c, tolerance=TOL)
     cosd = math.cos(math.radians(dec))
     ext = np.array([dp, rp * cosd, dm, rm * cosd])  # north, east, south, west on the sky
     pas = np.array([0.0, 90.0, 180.0, 270.0])
@@ -248,12 +249,12 @@ def test_box_reaches_the_stated_asymmetric_errors():
 # ------------------------------------------------------------------ refusals
 
 @pytest.mark.parametrize("call", [
-    lambda: Localization.from_circle(10, 95, 1),
-    lambda: Localization.from_circle(10, 20, -1),
-    lambda: Localization.from_circle(10, 20, 175, 0.9),  # a cap bigger than the containment
-    lambda: Localization.from_ellipse(10, -91, 2, 1, 0),
-    lambda: Localization.from_box(400, 0, 1, 1, 1, 1),
-    lambda: Localization.from_box(10, 0, 1, 0, 1, 1),
+    lambda: shapes.circle(10, 95, 1),
+    lambda: shapes.circle(10, 20, -1),
+    lambda: shapes.circle(10, 20, 175, 0.9),  # a cap bigger than the containment
+    lambda: shapes.ellipse(10, -91, 2, 1, 0),
+    lambda: shapes.box(400, 0, 1, 1, 1, 1),
+    lambda: shapes.box(10, 0, 1, 0, 1, 1),
 ])
 def test_bad_shapes_refused(call):
     with pytest.raises(BadCoordinatesError):

@@ -8,15 +8,15 @@ import fastavro
 import numpy as np
 import pytest
 
-from brokers.alert_files import iter_alert_batches
-from brokers.rubin_schemas import get_schema, latest_schema_id
-from mmcross.localization import Localization
-from mmcross.simulate import simulate_night
+from mmcross.app.simulate import simulate_night
+from mmcross.brokers.alert_files import iter_alert_batches
+from mmcross.brokers.rubin_schemas import get_schema, latest_schema_id
+from mmcross.model import shapes
 
 
 @pytest.fixture(scope="module")
 def night():
-    loc = Localization.from_circle(120.0, -40.0, 2.0)
+    loc = shapes.circle(120.0, -40.0, 2.0)
     return simulate_night(40, start_mjd_tai=60900.0, rng=np.random.default_rng(7),
                           alerts_per_visit=15, inject=[(loc, 5, 60900.1, 60900.2)],
                           n_previous=4, cutout_bytes=300), loc

@@ -20,13 +20,13 @@ from astropy.table import Table
 from astropy.time import Time
 from sqlalchemy import create_engine, func, select, text
 
-import catalogs.store as store_module
-from catalogs import Store
-from catalogs.models import Base, EventRevisionRow, EventRow, MatchRow
-from mmcross.alert import AlertBatch
-from mmcross.errors import StoreError
-from mmcross.event import Event, EventKind, NoticeAction
-from mmcross.match import Match
+import mmcross.catalogs.store as store_module
+from mmcross.catalogs import Store
+from mmcross.catalogs.models import Base, EventRevisionRow, EventRow, MatchRow
+from mmcross.model.alert import AlertBatch
+from mmcross.model.errors import StoreError
+from mmcross.model.event import Event, EventKind, NoticeAction
+from mmcross.model.match import Match
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_ENV = "MMCROSS_TEST_POSTGRES_URL"
@@ -69,9 +69,9 @@ def store(url):
 @pytest.fixture(scope="module")
 def Localization():  # noqa: N802 - the class itself
     try:
-        from mmcross.localization import Localization
+        from mmcross.model.localization import Localization
     except ImportError as exc:
-        message = f"mmcross.localization is not available yet: {exc}"
+        message = f"mmcross.model.localization is not available yet: {exc}"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
@@ -346,8 +346,8 @@ def test_process_killed_mid_transaction_leaves_nothing(url):
     script = textwrap.dedent(f"""
         import os
         from astropy.time import Time
-        import catalogs.store as m
-        from mmcross.event import Event, EventKind
+        import mmcross.catalogs.store as m
+        from mmcross.model.event import Event, EventKind
 
         def die(*args, **kwargs):
             os._exit(17)  # no rollback, no close: like a kill -9 mid-transaction

@@ -7,8 +7,8 @@ import datetime as dt
 import voeventparse as vp
 from lxml import etree
 
-from brokers.voevent_out import counterpart_ivorn, counterpart_voevent, retraction_voevent
-from tests.test_reports import make_match
+from mmcross.brokers.voevent_out import counterpart_ivorn, counterpart_voevent, retraction_voevent
+from tests.helpers import make_match
 
 GCN_IVORN = "ivo://gwnet/LVC#S230518h-2-Update"
 

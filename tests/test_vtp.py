@@ -27,14 +27,14 @@ import pytest
 import voeventparse as vp
 from lxml import etree
 
-from brokers.voevent_out import counterpart_ivorn
-from brokers.vtp import BroadcasterSettings, SubscriptionFilter, VTPBroadcaster
-from listeners import parse_notice
-from listeners.vtp import VTPListener, VTPListenerSettings, parse_host_port
-from mmcross.config import Config, notice_options
-from mmcross.errors import BadNoticeError, ConfigError
-from mmcross.vtp_protocol import transport_message
-from tests.test_reports import make_match
+from mmcross.brokers.voevent_out import counterpart_ivorn
+from mmcross.brokers.vtp import BroadcasterSettings, SubscriptionFilter, VTPBroadcaster
+from mmcross.listeners import parse_notice
+from mmcross.listeners.vtp import VTPListener, VTPListenerSettings, parse_host_port
+from mmcross.model.config import Config, notice_options
+from mmcross.model.errors import BadNoticeError, ConfigError
+from mmcross.vtp.base import transport_message
+from tests.helpers import PYGCN_SUBSCRIBER, free_port, make_match
 
 GCN = "gcn/voevent/fink-mm-kafka-2024-01"
 GBM = f"{GCN}/Fermi_GBM_Gnd_Pos_726773850-268.xml"
@@ -52,28 +52,8 @@ BILLION_LAUGHS = b"""<?xml version="1.0"?>
  role="observation" version="2.0"><What><Param name="Packet_Type" value="&d;"/></What>
 </voe:VOEvent>"""
 
-# pygcn's client in its own process: each VOEvent saved as NNNNN.xml, INFO log on stderr
-# (it says "connected to HOST:PORT" once subscribed).
-PYGCN_SUBSCRIBER = """
-import itertools, logging, os, sys
-import gcn
-out = sys.argv[1]
-seq = itertools.count()
-def handler(payload, root):
-    path = os.path.join(out, "%05d.xml" % next(seq))
-    with open(path + ".tmp", "wb") as f:
-        f.write(payload)
-    os.replace(path + ".tmp", path)
-logging.basicConfig(level=logging.INFO)
-gcn.listen(host="127.0.0.1", port=int(sys.argv[2]), handler=handler,
-           ivorn="ivo://mmcross-test/pygcn", iamalive_timeout=60, max_reconnect_timeout=1)
-"""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(condition: Callable[[], object], what: str, timeout: float = WAIT) -> None:
@@ -395,8 +375,8 @@ def test_subscriber_sending_nak_or_oversized_reply_is_dropped():
 def test_gcn_notice_over_vtp_to_counterpart_at_a_pygcn_subscriber(shared_file, processes,
                                                                     config, tmp_path):
     """pygcn-serve -> VTPListener -> Engine -> VTPBroadcaster (as a sink) -> gcn.listen."""
-    from mmcross.alert import AlertBatch
-    from mmcross.engine import Engine
+    from mmcross.app.engine import Engine
+    from mmcross.model.alert import AlertBatch
 
     bat = shared_file(BAT)
     notice = vp.loads(bat.read_bytes())

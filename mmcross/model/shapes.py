@@ -49,9 +49,9 @@ import healpy as hp
 import numpy as np
 from numba import njit
 
-from mmcross.alert import check_coordinates
-from mmcross.errors import BadCoordinatesError
-from mmcross.localization import (
+from mmcross.model.alert import check_coordinates
+from mmcross.model.errors import BadCoordinatesError
+from mmcross.model.localization import (
     MAX_ORDER,
     Localization,
     uniq_to_order_ipix,
@@ -736,7 +736,14 @@ def _check_containment(containment: float) -> None:
 def circle(ra: float, dec: float, radius: float, containment: float = 0.9, *,
            model: str = "fisher", tolerance: float = 1e-3,
            max_order: int | None = None) -> Localization:
-    """See :meth:`Localization.from_circle` (degrees ICRS)."""
+    """A circular error region centred on (ra, dec), degrees ICRS, as a sky map.
+
+    ``radius`` (deg) encloses ``containment`` of the probability. ``model="fisher"`` is a
+    von Mises-Fisher distribution on the sphere; ``"gaussian"`` a circular 2-D Gaussian in
+    the Lambert azimuthal equal-area plane. Rasterised so that the credible level of any
+    point is right to about ``tolerance``, down to ``max_order`` (default ``None``: as deep
+    as the radius needs, at most 29); see :func:`rasterise`.
+    """
     _check_centre(ra, dec, "circle centre")
     _check_positive("circle", radius=radius)
     _check_containment(containment)
@@ -753,7 +760,9 @@ def circle(ra: float, dec: float, radius: float, containment: float = 0.9, *,
 def ellipse(ra: float, dec: float, semi_major: float, semi_minor: float,
             position_angle: float, containment: float = 0.9, *, tolerance: float = 1e-3,
             max_order: int | None = None) -> Localization:
-    """See :meth:`Localization.from_ellipse` (degrees ICRS, PA east of north)."""
+    """A 2-D Gaussian whose ``containment`` region is the ellipse with the given semi-axes
+    (deg) and major-axis position angle (deg east of north), centred on (ra, dec) deg ICRS.
+    ``tolerance`` and ``max_order`` as in :func:`circle`."""
     _check_centre(ra, dec, "ellipse centre")
     _check_positive("ellipse", semi_major=semi_major, semi_minor=semi_minor)
     _check_containment(containment)
@@ -770,9 +779,12 @@ def ellipse(ra: float, dec: float, semi_major: float, semi_minor: float,
 def box(ra: float, dec: float, ra_plus: float, ra_minus: float, dec_plus: float,
         dec_minus: float, containment: float = 0.9, *, tolerance: float = 1e-3,
         max_order: int | None = None) -> Localization:
-    """See :meth:`Localization.from_box`. RA errors are in RA-coordinate degrees (IceCube's
-    convention) and are multiplied by cos(dec) to give on-sky extents; at the poles, where
-    that vanishes, the mean Dec error is used instead."""
+    """IceCube-style asymmetric errors: a split 2-D Gaussian whose ``containment`` region
+    reaches ``ra_plus``/``ra_minus`` (degrees of RA *coordinate*, as IceCube reports them;
+    multiplied by cos(dec) to get on-sky extents) east/west and ``dec_plus``/``dec_minus``
+    (deg) north/south of (ra, dec), degrees ICRS. ``tolerance`` and ``max_order`` as in
+    :func:`circle`. At the poles, where cos(dec) vanishes, the mean Dec error is used for the
+    RA extents."""
     _check_centre(ra, dec, "box centre")
     _check_positive("box", ra_plus=ra_plus, ra_minus=ra_minus, dec_plus=dec_plus,
                     dec_minus=dec_minus)

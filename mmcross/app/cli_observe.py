@@ -1,7 +1,7 @@
 """Observer commands of the ``mmcross`` CLI: ``subscribe`` (counterpart notices) and ``plot``.
 
 :func:`add_parsers` registers both on the main parser's sub-parsers; :func:`main` runs them
-stand-alone (``python -m mmcross.cli_observe ...``). Like :mod:`mmcross.cli`, only this
+stand-alone (``python -m mmcross.app.cli_observe ...``). Like :mod:`mmcross.app.cli`, only this
 module prints.
 """
 
@@ -15,8 +15,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from mmcross.config import Config
-from mmcross.errors import ConfigError, MmcrossError
+from mmcross.model.config import Config
+from mmcross.model.errors import ConfigError, MmcrossError
 
 log = logging.getLogger("mmcross")
 
@@ -24,7 +24,7 @@ log = logging.getLogger("mmcross")
 # -- subscribe ---------------------------------------------------------------------------
 
 def _filter_from_args(args: argparse.Namespace):
-    from brokers.vtp import SubscriptionFilter
+    from mmcross.brokers.vtp import SubscriptionFilter
 
     return SubscriptionFilter.from_mapping(
         {"kinds": args.kind or [], "instruments": args.instrument or [],
@@ -33,14 +33,14 @@ def _filter_from_args(args: argparse.Namespace):
 
 
 def _source_from_args(args: argparse.Namespace):
-    from mmcross.observe import KafkaSubscriber, VTPSubscriber, kafka_subscriber_config
+    from mmcross.app.observe import KafkaSubscriber, VTPSubscriber, kafka_subscriber_config
 
     if args.vtp:
-        from listeners.vtp import parse_host_port
+        from mmcross.listeners.vtp import parse_host_port
 
         host, port = parse_host_port(args.vtp)
         return VTPSubscriber(host, port)
-    from brokers.kafka_config import base_properties
+    from mmcross.brokers.kafka_config import base_properties
 
     if not args.topic:
         raise ConfigError("--kafka-bootstrap needs --topic (the match report topic)")
@@ -52,7 +52,7 @@ def _source_from_args(args: argparse.Namespace):
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
-    from mmcross.observe import CounterpartStorer, Received, format_counterpart, subscribe
+    from mmcross.app.observe import CounterpartStorer, Received, format_counterpart, subscribe
 
     filter_ = _filter_from_args(args)
     source = _source_from_args(args)
@@ -66,7 +66,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     store = None
     if args.out or args.db:
         if args.db:
-            from catalogs import Store
+            from mmcross.catalogs import Store
 
             store = Store(args.db)
         handlers.append(CounterpartStorer(args.out, store))
@@ -92,8 +92,8 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 # -- plot --------------------------------------------------------------------------------
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from catalogs import Store
-    from mmcross.plot import plot_stored_event
+    from mmcross.app.plot import plot_stored_event
+    from mmcross.catalogs import Store
 
     url = args.db or Config.load(args.config).get("store.url")
     out = args.out or _default_png(args.event_id)

@@ -30,13 +30,13 @@ import fastavro
 import fastavro.schema
 import numpy as np
 
-from brokers.alert_decoding import wire_header
-from brokers.alert_files import write_wire_directory, write_wire_stream
-from brokers.rubin_schemas import RubinSchema, get_schema, latest_schema_id
-from mmcross.alert import AlertBatch
+from mmcross.brokers.alert_decoding import wire_header
+from mmcross.brokers.alert_files import write_wire_directory, write_wire_stream
+from mmcross.brokers.rubin_schemas import RubinSchema, get_schema, latest_schema_id
+from mmcross.model.alert import AlertBatch
 
 if TYPE_CHECKING:
-    from mmcross.localization import Localization
+    from mmcross.model.localization import Localization
 
 FIELD_RADIUS_DEG = 1.75
 MAX_DEC_DEG = 30.0
@@ -295,7 +295,7 @@ class SimulatedNight:
         return len(self)
 
     def write_wire_stream(self, path: str | Path) -> int:
-        """Write the night as a wire stream file (see :mod:`brokers.alert_files`)."""
+        """Write the night as a wire stream file (see :mod:`mmcross.brokers.alert_files`)."""
         return write_wire_stream(path, self.messages())
 
     def write_wire_directory(self, directory: str | Path) -> int:

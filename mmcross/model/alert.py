@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mmcross.errors import BadCoordinatesError
+from mmcross.model.errors import BadCoordinatesError
 
 
 @dataclass

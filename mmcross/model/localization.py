@@ -2,7 +2,7 @@
 
 :class:`Localization` is the single representation of every event's sky position: LVK
 multi-order maps are kept as they come, flat maps (RING/NESTED) are converted to multi-order,
-and circles, ellipses and boxes from GCN notices are rasterised by :mod:`mmcross.shapes`.
+and circles, ellipses and boxes from GCN notices are rasterised by :mod:`mmcross.model.shapes`.
 
 Conventions (as in ligo.skymap): ``uniq = 4 * 4**order + ipix`` with ``ipix`` NESTED at
 ``order`` (``nside = 2**order``); ``probdensity`` is per steradian; credible levels follow
@@ -24,7 +24,7 @@ import numpy as np
 from astropy.io import fits
 from mocpy import MOC
 
-from mmcross.errors import BadSkymapError
+from mmcross.model.errors import BadSkymapError
 
 log = logging.getLogger(__name__)
 
@@ -404,49 +404,6 @@ class Localization:
             raise
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             raise BadSkymapError(f"cannot read sky map {where}: {exc}") from exc
-
-    @classmethod
-    def from_circle(cls, ra: float, dec: float, radius: float, containment: float = 0.9, *,
-                    model: str = "fisher", tolerance: float = 1e-3,
-                    max_order: int | None = None) -> Localization:
-        """A circular error region centred on (ra, dec), degrees ICRS.
-
-        ``radius`` (deg) encloses ``containment`` of the probability. ``model="fisher"`` is a
-        von Mises-Fisher distribution on the sphere; ``"gaussian"`` a circular 2-D Gaussian in
-        the Lambert azimuthal equal-area plane. Rasterised so that the credible level of any
-        point is right to about ``tolerance``, down to ``max_order`` (default ``None``: as deep
-        as the radius needs, at most 29); see :mod:`mmcross.shapes`.
-        """
-        from mmcross import shapes
-
-        return shapes.circle(ra, dec, radius, containment, model=model, tolerance=tolerance,
-                             max_order=max_order)
-
-    @classmethod
-    def from_ellipse(cls, ra: float, dec: float, semi_major: float, semi_minor: float,
-                     position_angle: float, containment: float = 0.9, *,
-                     tolerance: float = 1e-3, max_order: int | None = None) -> Localization:
-        """A 2-D Gaussian whose ``containment`` region is the ellipse with the given semi-axes
-        (deg) and major-axis position angle (deg east of north), centred on (ra, dec) deg ICRS.
-        ``tolerance`` and ``max_order`` as in :meth:`from_circle`."""
-        from mmcross import shapes
-
-        return shapes.ellipse(ra, dec, semi_major, semi_minor, position_angle, containment,
-                              tolerance=tolerance, max_order=max_order)
-
-    @classmethod
-    def from_box(cls, ra: float, dec: float, ra_plus: float, ra_minus: float,
-                 dec_plus: float, dec_minus: float, containment: float = 0.9, *,
-                 tolerance: float = 1e-3, max_order: int | None = None) -> Localization:
-        """IceCube-style asymmetric errors: a split 2-D Gaussian whose ``containment`` region
-        reaches ``ra_plus``/``ra_minus`` (degrees of RA *coordinate*, as IceCube reports them;
-        multiplied by cos(dec) to get on-sky extents) east/west and ``dec_plus``/``dec_minus``
-        (deg) north/south of (ra, dec), degrees ICRS. ``tolerance`` and ``max_order`` as in
-        :meth:`from_circle`."""
-        from mmcross import shapes
-
-        return shapes.box(ra, dec, ra_plus, ra_minus, dec_plus, dec_minus, containment,
-                          tolerance=tolerance, max_order=max_order)
 
 
 # --------------------------------------------------------------------------------------------

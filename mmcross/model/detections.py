@@ -1,5 +1,5 @@
 """A partner telescope's own transient detections, as columns (the unit partner-stream
-matching works on, like :class:`mmcross.alert.AlertBatch` for Rubin alerts).
+matching works on, like :class:`mmcross.model.alert.AlertBatch` for Rubin alerts).
 
 Positions are degrees ICRS, errors degrees (1 sigma), times MJD TAI.
 """
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mmcross.alert import check_coordinates
+from mmcross.model.alert import check_coordinates
 
 
 @dataclass

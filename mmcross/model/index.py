@@ -18,8 +18,8 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
-from mmcross.config import Config
-from mmcross.event import Event, NoticeAction
+from mmcross.model.config import Config
+from mmcross.model.event import Event, NoticeAction
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from collections import deque
 
 import numpy as np
 
-from mmcross.alert import AlertBatch
+from mmcross.model.alert import AlertBatch
 
 
 class AlertHistory:

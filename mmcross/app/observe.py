@@ -3,14 +3,14 @@
 Two sources give the same :class:`Received` items:
 
 - :class:`VTPSubscriber`: a VOEvent Transport Protocol subscriber of mmcross's broadcaster
-  (:mod:`brokers.vtp`): 4-byte big-endian length-framed XML, ``iamalive`` answered with an
+  (:mod:`mmcross.brokers.vtp`): 4-byte big-endian length-framed XML, ``iamalive`` answered with an
   ``iamalive``, every VOEvent acknowledged with an ``ack`` (as Comet's subscriber does), the
-  counterpart or retraction VOEvent turned back into a :class:`~mmcross.match.Match` from its
+  counterpart or retraction VOEvent turned back into a :class:`~mmcross.model.match.Match` from its
   ``What`` Params (:func:`match_from_voevent`); reconnects with back-off.
 - :class:`KafkaSubscriber`: Avro match reports (``mmcross.match_report``) from a Kafka topic,
-  decoded by :func:`brokers.reports.match_from_avro`.
+  decoded by :func:`mmcross.brokers.reports.match_from_avro`.
 
-:func:`subscribe` applies a :class:`brokers.vtp.SubscriptionFilter` client-side (the same
+:func:`subscribe` applies a :class:`mmcross.brokers.vtp.SubscriptionFilter` client-side (the same
 filter the broadcaster applies server-side), hands each accepted counterpart to handlers
 (:class:`CounterpartStorer` writes VOEvent files and/or the catalog store) and stops after a
 count, a timeout or a stop request. Printing is the CLI's job (:func:`format_counterpart`).
@@ -32,13 +32,13 @@ from typing import Any
 
 from lxml import etree
 
-from brokers.reports import match_from_avro
-from brokers.sinks import VOEventDirectorySink
-from brokers.voevent_out import counterpart_voevent, retraction_voevent
-from brokers.vtp import SubscriptionFilter
-from mmcross.errors import BadNoticeError
-from mmcross.match import Match
-from mmcross.vtp_protocol import LENGTH, frame, safe_xml, transport_message
+from mmcross.brokers.reports import match_from_avro
+from mmcross.brokers.sinks import VOEventDirectorySink
+from mmcross.brokers.voevent_out import counterpart_voevent, retraction_voevent
+from mmcross.brokers.vtp import SubscriptionFilter
+from mmcross.model.errors import BadNoticeError
+from mmcross.model.match import Match
+from mmcross.vtp.base import LENGTH, frame, safe_xml, transport_message
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Received:
 def match_from_voevent(payload: bytes | Any, where: str = "VOEvent") -> Match:
     """The :class:`Match` carried by an mmcross counterpart or retraction VOEvent.
 
-    The match fields are the ``What/Param`` elements (``brokers.voevent_out``); positions in
+    The match fields are the ``What/Param`` elements (``mmcross.brokers.voevent_out``); positions in
     degrees ICRS, times ISO 8601 UTC. A packet citing an IVORN with ``cite="retraction"`` is a
     retraction even without a ``retracted`` Param.
 
@@ -341,7 +341,7 @@ class KafkaSubscriber:
 class CounterpartStorer:
     """Keeps received counterparts: VOEvent files in ``out`` and/or matches in ``store``.
 
-    VOEvent files are named as :class:`brokers.sinks.VOEventDirectorySink` names them
+    VOEvent files are named as :class:`mmcross.brokers.sinks.VOEventDirectorySink` names them
     (``<event>_<alert>.xml``, ``...retraction.xml``); a VOEvent received over VTP is written
     as received, a Kafka report as the VOEvent mmcross would have sent. In the store a
     counterpart is saved with :meth:`catalogs.Store.save_matches`, a retraction revokes it

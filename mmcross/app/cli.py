@@ -12,8 +12,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmcross.config import Config
-from mmcross.errors import MmcrossError
+from mmcross.app.tables import format_value, print_replay_summary, print_table
+from mmcross.model.config import Config
+from mmcross.model.errors import MmcrossError
 
 log = logging.getLogger("mmcross")
 
@@ -25,35 +26,17 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _open_store(url: str):
-    from catalogs import Store
+    from mmcross.catalogs import Store
 
     return Store(url)
-
-
-def _print_table(rows: list[dict], columns: Sequence[str]) -> None:
-    if not rows:
-        print("(none)")
-        return
-    text = [[_fmt(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(t[i]) for t in text)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-    print("  ".join("-" * w for w in widths))
-    for t in text:
-        print("  ".join(v.ljust(w) for v, w in zip(t, widths, strict=True)))
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
 
 
 # -- replay ------------------------------------------------------------------------------
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from brokers.sinks import JsonLinesSink, VOEventDirectorySink
-    from mmcross.engine import Engine
-    from mmcross.replay import replay
+    from mmcross.app.engine import Engine
+    from mmcross.app.replay import replay
+    from mmcross.brokers.sinks import JsonLinesSink, VOEventDirectorySink
 
     config = Config.load(args.config)
     out = Path(args.out)
@@ -66,40 +49,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         summary = replay(engine, args.notices, args.alerts, chunk=args.chunk)
     finally:
         engine.close()
-    _print_replay_summary(engine, summary, out, db)
+    print_replay_summary(summary, out, db)
     return 0
-
-
-def _print_replay_summary(engine, summary, out: Path, db: str) -> None:
-    from mmcross.match import Match
-
-    refused = ", ".join(f"{k} {v}" for k, v in sorted(summary.notice_errors.items())) or "none"
-    print(f"notices applied: {summary.notices} (refused: {refused})")
-    print(f"alerts: {summary.alerts} ({summary.alert_errors} unreadable), "
-          f"{summary.alerts_per_second:,.0f} alerts/s over {summary.seconds:.1f} s")
-    print(f"matches: {summary.matches}, revoked: {summary.revoked}")
-    print(f"reports: {out / 'matches.jsonl'}, {out / 'voevents'}/, store: {db}")
-    rows = []
-    for line in (out / "matches.jsonl").read_text().splitlines() if (
-            out / "matches.jsonl").exists() else []:
-        m = Match(**json.loads(line))
-        rows.append(m)
-    per_event: dict[str, dict] = {}
-    for m in rows:
-        r = per_event.setdefault(m.event_id, {
-            "event": m.event_id, "kind": m.event_kind, "instrument": m.instrument,
-            "matches": 0, "revoked": 0, "best_cl": None, "min_p_chance": None})
-        if m.retracted:
-            r["revoked"] += 1
-            continue
-        r["matches"] += 1
-        r["best_cl"] = m.credible_level if r["best_cl"] is None else min(
-            r["best_cl"], m.credible_level)
-        r["min_p_chance"] = m.p_chance if r["min_p_chance"] is None else min(
-            r["min_p_chance"], m.p_chance)
-    print()
-    _print_table(list(per_event.values()),
-                 ["event", "kind", "instrument", "matches", "revoked", "best_cl", "min_p_chance"])
 
 
 # -- simulate / demo ---------------------------------------------------------------------
@@ -107,8 +58,8 @@ def _print_replay_summary(engine, summary, out: Path, db: str) -> None:
 def cmd_simulate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from listeners import read_notice_file
-    from mmcross.simulate import simulate_night
+    from mmcross.app.simulate import simulate_night
+    from mmcross.listeners import read_notice_file
 
     start, end = args.start_mjd, args.start_mjd + args.days
     inject = []
@@ -130,7 +81,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mmcross.demo import run_demo
+    from mmcross.app.demo import run_demo
 
     return run_demo(Path(args.out), n_alerts=args.n, seed=args.seed)
 
@@ -143,7 +94,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
     else:
-        _print_table(rows, [c for c in ("event_id", "kind", "instrument", "revision",
+        print_table(rows, [c for c in ("event_id", "kind", "instrument", "revision",
                                         "trigger_time", "retracted") if not rows or c in rows[0]])
     return 0
 
@@ -155,7 +106,7 @@ def cmd_matches(args: argparse.Namespace) -> int:
         for m in matches:
             print(json.dumps(m.to_record()))
     else:
-        _print_table([m.to_record() for m in matches],
+        print_table([m.to_record() for m in matches],
                      ["event_id", "event_revision", "alert_id", "object_id", "ra", "dec",
                       "time_offset", "credible_level", "searched_area", "p_chance", "retracted"])
     return 0
@@ -201,9 +152,9 @@ def _listen_overrides(args: argparse.Namespace) -> dict:
 def cmd_listen(args: argparse.Namespace) -> int:
     import signal
 
-    from brokers.kafka_config import kafka_configured
-    from mmcross.embedded import EmbeddedService
-    from mmcross.service import ListenService
+    from mmcross.app.embedded import EmbeddedService
+    from mmcross.app.service import ListenService
+    from mmcross.brokers.kafka_config import kafka_configured
 
     config = Config.load(args.config, overrides=_listen_overrides(args))
     overrides = {"bootstrap.servers": args.bootstrap_servers}
@@ -251,7 +202,7 @@ def status_from_store(store) -> dict:
 
 def status_from_metrics(url: str) -> dict:
     """The headline numbers of a running service's metrics endpoint (sums over labels)."""
-    from mmcross.metrics import scrape
+    from mmcross.app.metrics import scrape
 
     scraped = scrape(url)
     out: dict = {"url": url}
@@ -283,7 +234,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"store: {st['live_events']} live events ({st['events']} known), "
           f"{st['matches']} matches ({st['revoked_matches']} revoked), "
           f"{st['alerts_in_history']} alerts in history, last alert MJD TAI "
-          f"{_fmt(st['last_alert_mjd_tai'])}")
+          f"{format_value(st['last_alert_mjd_tai'])}")
     if st["live_event_ids"]:
         print("live events: " + ", ".join(st["live_event_ids"]))
     svc = report.get("service")
@@ -291,9 +242,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         if "error" in svc:
             print(f"service: not reachable ({svc['error']})")
         else:
-            print("service: " + ", ".join(f"{k} {_fmt(v)}" for k, v in svc.items()
+            print("service: " + ", ".join(f"{k} {format_value(v)}" for k, v in svc.items()
                                           if k not in ("url", "notices")))
-            print("notices: " + (", ".join(f"{k} {_fmt(v)}" for k, v in
+            print("notices: " + (", ".join(f"{k} {format_value(v)}" for k, v in
                                           sorted(svc["notices"].items())) or "none"))
     return 0
 
@@ -392,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--all", action="store_true", help="include revoked matches")
         p.set_defaults(func=func)
 
-    from mmcross.cli_observe import add_parsers as add_observer_parsers
+    from mmcross.app.cli_observe import add_parsers as add_observer_parsers
 
     add_observer_parsers(sub)
     return parser

@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from brokers.vtp import BroadcasterSettings, VTPBroadcaster
-from listeners.partner_kafka import PartnerKafkaConsumer
-from listeners.partners import PartnerRegistry
-from listeners.vtp import VTPListener
-from listeners.vtp_receiver import VTPReceiver
-from matchers.partner_stream_matcher import PartnerMatch, PartnerStreamMatcher
-from mmcross.alert import AlertBatch
-from mmcross.config import Config
-from mmcross.detections import Detections
-from mmcross.engine import Engine
-from mmcross.errors import ConfigError
-from mmcross.event import Event
+from mmcross.app.engine import Engine
+from mmcross.brokers.vtp import BroadcasterSettings, VTPBroadcaster
+from mmcross.listeners.partner_kafka import PartnerKafkaConsumer
+from mmcross.listeners.partners import PartnerRegistry
+from mmcross.listeners.vtp import VTPListener
+from mmcross.listeners.vtp_receiver import VTPReceiver
+from mmcross.matchers.partner_stream_matcher import PartnerMatch, PartnerStreamMatcher
+from mmcross.model.alert import AlertBatch
+from mmcross.model.config import Config
+from mmcross.model.detections import Detections
+from mmcross.model.errors import ConfigError
+from mmcross.model.event import Event
 
 if TYPE_CHECKING:
     pass

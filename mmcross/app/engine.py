@@ -1,9 +1,9 @@
 """The engine: notices update the index, alerts are matched, reports go to sinks.
 
 It wires the layers together without knowing any transport: callers (the replay driver, the
-live service) hand it parsed :class:`~mmcross.event.Event` objects and decoded
-:class:`~mmcross.alert.AlertBatch` objects, and it hands :class:`~mmcross.match.Match` records
-to the sinks (JSON Lines, VOEvents, Kafka...) and to the store.
+live service) hand it parsed :class:`~mmcross.model.event.Event` objects and decoded
+:class:`~mmcross.model.alert.AlertBatch` objects, and it hands :class:`~mmcross.model.match.Match`
+records to the sinks (JSON Lines, VOEvents, Kafka...) and to the store.
 """
 
 from __future__ import annotations
@@ -11,19 +11,19 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
-from matchers import Matcher
-from mmcross.alert import AlertBatch
-from mmcross.config import Config
-from mmcross.event import Event
-from mmcross.history import AlertHistory
-from mmcross.index import Change, SkyIndex
-from mmcross.match import Match
+from mmcross.matchers import Matcher
+from mmcross.model.alert import AlertBatch
+from mmcross.model.config import Config
+from mmcross.model.event import Event
+from mmcross.model.history import AlertHistory
+from mmcross.model.index import Change, SkyIndex
+from mmcross.model.match import Match
 
 if TYPE_CHECKING:
-    from catalogs import Store
+    from mmcross.model.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,28 @@ class ReportSink(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class NoticeOutcome:
+    """What applying one notice did.
+
+    Attributes:
+        change: what the index did with it (added, updated, retracted, stale, duplicate).
+        event: the event as indexed (revision assigned), or as given when stale/duplicate.
+        reports: the match reports it caused: retro-matches and revocations, in emit order.
+    """
+
+    change: Change
+    event: Event
+    reports: list[Match] = field(default_factory=list)
+
+
 class Engine:
     """Index + matcher + alert history + sinks, with optional persistence.
 
     Args:
         config: merged configuration.
-        store: optional :class:`catalogs.Store`; when given, events, matches and the alert
+        store: optional :class:`~mmcross.model.store.Store`; when given, events, matches and the
+        alert
             history survive a restart (call :meth:`restore`).
         sinks: report sinks; each gets every new match once and every revocation once.
     """
@@ -73,9 +89,7 @@ class Engine:
                 m.alert_id: m for m in self.store.matches(event.event_id, include_retracted=False)
                 if m.event_revision == event.revision
             }
-        load_history = getattr(self.store, "load_alert_history", None)
-        if load_history is not None:
-            self.history.add(load_history(0.0))
+        self.history.add(self.store.load_alert_history(0.0))
         log.info("restored %d live events, %d matches, %d alerts of history", len(events),
                  sum(len(m) for m in self._matches.values()), len(self.history))
 
@@ -87,24 +101,23 @@ class Engine:
 
     # -- notices -----------------------------------------------------------------------
 
-    def on_notice(self, event: Event) -> list[Match]:
-        """Apply one parsed notice; returns the reports it caused (new and revoked)."""
+    def on_notice(self, event: Event) -> NoticeOutcome:
+        """Apply one parsed notice; returns what the index did and the reports it caused."""
         change, indexed = self.index.apply(event)
         self.stats[f"notices_{change}"] += 1
         if change in (Change.STALE, Change.DUPLICATE):
-            return []
+            return NoticeOutcome(change, indexed)
         if self.store is not None:
             self.store.save_event(indexed)
         if change is Change.RETRACTED:
             self.matcher.remove(indexed.event_id)
-            revoked = self._revoke(indexed.event_id, None)
-            self._emit(revoked)
-            return revoked
+            return NoticeOutcome(change, indexed, self._emit(self._revoke(indexed.event_id, None)))
         self.matcher.upsert(indexed)
         if indexed.localization is None:
             log.warning("%s revision %d has no sky map in its notice: not matchable",
                         indexed.event_id, indexed.revision)
-            return self._emit(self._revoke(indexed.event_id, None))
+            return NoticeOutcome(change, indexed,
+                                 self._emit(self._revoke(indexed.event_id, None)))
         window = self.config.time_window(indexed.kind)
         t0 = indexed.trigger_mjd_tai
         past = self.history.between(t0 + window.before, t0 + window.after)
@@ -115,7 +128,7 @@ class Engine:
                                [a for a in self._matches.get(indexed.event_id, {})
                                 if a not in still])
         self._matches[indexed.event_id] = {}
-        return self._emit(revoked + self._record(found))
+        return NoticeOutcome(change, indexed, self._emit(revoked + self._record(found)))
 
     # -- alerts ------------------------------------------------------------------------
 
@@ -136,7 +149,7 @@ class Engine:
         self.matcher.observe(batch)
         found = self.matcher.match(batch)
         self.history.add(batch)
-        if self.store is not None and hasattr(self.store, "save_alert_history"):
+        if self.store is not None:
             self.store.save_alert_history(batch)
         return self._emit(self._record(found))
 

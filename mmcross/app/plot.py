@@ -8,8 +8,8 @@ One PNG (matplotlib, Agg backend) with two panels drawn with astropy's WCSAxes:
 both showing the probability density (per deg^2), contours at the requested credible levels
 (searched probability, as ligo.skymap's ``find_greedy_credible_levels``), matched alerts (orange
 stars) and revoked matches (grey crosses). The multi-order map is sampled at each image pixel's
-centre through :meth:`~mmcross.localization.Localization.density_at` and
-:meth:`~mmcross.localization.Localization.credible_level_at`, so no flat-map resolution is
+centre through :meth:`~mmcross.model.localization.Localization.density_at` and
+:meth:`~mmcross.model.localization.Localization.credible_level_at`, so no flat-map resolution is
 imposed. Positions are degrees ICRS.
 """
 
@@ -28,10 +28,10 @@ import numpy as np
 from astropy.time import Time
 from astropy.wcs import WCS
 
-from mmcross.errors import MmcrossError
-from mmcross.event import Event
-from mmcross.localization import SR_TO_DEG2, Localization, uniq_to_order_ipix
-from mmcross.match import Match
+from mmcross.model.errors import MmcrossError
+from mmcross.model.event import Event
+from mmcross.model.localization import SR_TO_DEG2, Localization, uniq_to_order_ipix
+from mmcross.model.match import Match
 
 matplotlib.use("Agg")
 

@@ -11,14 +11,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from matchers.partner_stream_matcher import PartnerMatch
-from mmcross.config import Config
-from mmcross.detections import Detections
-from mmcross.event import Event
-from mmcross.metrics import Metrics
+from mmcross.app.metrics import Metrics
+from mmcross.matchers.partner_stream_matcher import PartnerMatch
+from mmcross.model.config import Config
+from mmcross.model.detections import Detections
+from mmcross.model.event import Event
 
 if TYPE_CHECKING:
-    from catalogs import Store
+    from mmcross.catalogs import Store
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,7 @@ class ServiceStats:
 
 def newest_alert_mjd(store: Store) -> float | None:
     """Time of the newest alert in the store's history, MJD TAI (None when empty)."""
-    from sqlalchemy import func, select
-
-    from catalogs.models import AlertHistoryRow
-
-    with store.engine.connect() as conn:
-        value = conn.execute(select(func.max(AlertHistoryRow.__table__.c.mjd_tai))).scalar()
-    return None if value is None else float(value)
+    return store.alert_history_stats()[1]
 
 
 def prune_history(store: Store, config: Config, newest_mjd_tai: float | None) -> int:
@@ -111,15 +105,13 @@ class EngineLoop:
     def _apply_event(self, event: Event) -> None:
         """Apply one parsed notice (Kafka, spool file, GCN VTP or a partner), loop thread."""
         assert self.engine is not None
-        before = {k: v for k, v in self.engine.stats.items() if k.startswith("notices_")}
-        reports = self.engine.on_notice(event)
-        for key, value in self.engine.stats.items():
-            if key.startswith("notices_") and value > before.get(key, 0):
-                self.metrics.inc("notices_total", outcome=key[len("notices_"):])
+        outcome = self.engine.on_notice(event)
+        reports = outcome.reports
+        self.metrics.inc("notices_total", outcome=str(outcome.change))
         self.stats.notices += 1
         self._count_reports(reports)
-        log.info("notice %s: %s revision %d -> %d reports", event.source, event.event_id,
-                 event.revision, len(reports))
+        log.info("notice %s: %s revision %d %s -> %d reports", event.source, event.event_id,
+                 outcome.event.revision, outcome.change, len(reports))
 
     def _apply_detections(self, partner: str, detections: Detections) -> None:
         """Match accepted partner detections against the alert history (loop thread)."""

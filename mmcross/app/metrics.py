@@ -19,7 +19,7 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
-from mmcross.errors import ConfigError, MmcrossError
+from mmcross.model.errors import ConfigError, MmcrossError
 
 log = logging.getLogger(__name__)
 

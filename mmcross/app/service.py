@@ -7,11 +7,11 @@ loses nothing (uncommitted input is read again) and sends nothing twice: matches
 store are not emitted again, and stored reports whose delivery was never recorded are
 re-sent at start-up after checking the report topic (:meth:`KafkaReportSink.redeliver`).
 
-VOEvent transport and partner inputs (:mod:`mmcross.transports`, each piece off unless
+VOEvent transport and partner inputs (:mod:`mmcross.app.transports`, each piece off unless
 configured) queue their events and detections for this loop; partner stream matches go to
 ``[submit.kafka] stream_match_topic`` through the acknowledged producer, so the partner
 topic's offsets are committed only after that acknowledgement. Without Kafka,
-:mod:`mmcross.embedded` runs the same engine on a file spool.
+:mod:`mmcross.app.embedded` runs the same engine on a file spool.
 
 Start-up restores the live events, their matches and the alert history from the store.
 Transport errors are logged and waited out with an exponential back-off (librdkafka
@@ -29,33 +29,33 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from brokers.dead_letters import DeadLetters, SourceRef
-from brokers.kafka_alerts import AlertConsumer
-from brokers.kafka_config import (
-    alert_consumer_config,
-    base_properties,
-    gcn_consumer_config,
-    producer_config,
-    reader_config,
-)
-from brokers.kafka_reports import AckedProducer, KafkaReportSink, PartnerMatchSink
-from brokers.kafka_schemas import SchemaResolver
-from listeners.gcn_kafka import NoticeConsumer, ReceivedNotice
-from mmcross.config import Config, notice_options
-from mmcross.engine import Engine
-from mmcross.errors import ConfigError, NotAnEventError
-from mmcross.metrics import Metrics, MetricsServer, RateMeter
-from mmcross.service_state import (
+from mmcross.app.engine import Engine
+from mmcross.app.metrics import Metrics, MetricsServer, RateMeter
+from mmcross.app.service_state import (
     EngineLoop,
     ServiceStats,
     declare_metrics,
     newest_alert_mjd,
     prune_history,
 )
-from mmcross.transports import Transports
+from mmcross.app.transports import Transports
+from mmcross.brokers.dead_letters import DeadLetters, SourceRef
+from mmcross.brokers.kafka_alerts import AlertConsumer
+from mmcross.brokers.kafka_config import (
+    alert_consumer_config,
+    base_properties,
+    gcn_consumer_config,
+    producer_config,
+    reader_config,
+)
+from mmcross.brokers.kafka_reports import AckedProducer, KafkaReportSink, PartnerMatchSink
+from mmcross.brokers.kafka_schemas import SchemaResolver
+from mmcross.listeners.gcn_kafka import NoticeConsumer, ReceivedNotice
+from mmcross.model.config import Config, notice_options
+from mmcross.model.errors import ConfigError, NotAnEventError
 
 if TYPE_CHECKING:
-    from catalogs import Store
+    from mmcross.catalogs import Store
 
 
 log = logging.getLogger(__name__)

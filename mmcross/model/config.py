@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config import DEFAULT_CONFIG
-from mmcross.errors import ConfigError
-from mmcross.event import EventKind
+from mmcross.config import DEFAULT_CONFIG
+from mmcross.model.errors import ConfigError
+from mmcross.model.event import EventKind
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any], where: str = "") -> dict[str, Any]:
@@ -103,7 +103,7 @@ class Config:
 
 
 def notice_options(config: Config) -> dict[str, Any]:
-    """Keyword arguments for ``listeners.parse_notice`` / ``read_notice_file`` from config."""
+    """Keyword arguments for ``mmcross.listeners.parse_notice`` / ``read_notice_file``."""
     return {
         "roles": tuple(config.get("listeners.roles", ["observation"])),
         "tolerance": float(config.get("localization.credible_level_tolerance", 1e-3)),

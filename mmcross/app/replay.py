@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from brokers.alert_files import iter_alert_batches
-from listeners import read_notice_file
-from mmcross.config import Config, notice_options
-from mmcross.engine import Engine
-from mmcross.errors import MmcrossError
-from mmcross.event import Event
+from mmcross.app.engine import Engine
+from mmcross.brokers.alert_files import expand_paths, iter_alert_batches
+from mmcross.listeners import read_notice_file
+from mmcross.model.config import Config, notice_options
+from mmcross.model.errors import MmcrossError
+from mmcross.model.event import Event
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +44,6 @@ class ReplaySummary:
     @property
     def alerts_per_second(self) -> float:
         return self.alerts / self.seconds if self.seconds > 0 else float("nan")
-
-
-def expand_paths(paths: Iterable[str | Path], suffixes: tuple[str, ...]) -> list[Path]:
-    """Files given directly, plus files with one of ``suffixes`` found below directories."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in suffixes))
-        elif p.exists():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"no such file or directory: {p}")
-    return out
 
 
 def read_notices(paths: Iterable[Path], summary: ReplaySummary,
@@ -86,13 +73,16 @@ def replay(engine: Engine, notices: Iterable[str | Path | Event],
     notices = list(notices)
     parsed = [n for n in notices if isinstance(n, Event)]
     files = expand_paths([n for n in notices if not isinstance(n, Event)], NOTICE_SUFFIXES)
+    missing = [f for f in files if not f.exists()]
+    if missing:
+        raise FileNotFoundError(f"no such file or directory: {missing[0]}")
     pending = deque(sorted(parsed + read_notices(files, summary, engine.config),
                            key=lambda e: e.arrival_mjd_tai))
     log.info("replay: %d notices parsed, %d refused", len(pending),
              sum(summary.notice_errors.values()))
 
     def apply(event: Event) -> None:
-        reports = engine.on_notice(event)
+        reports = engine.on_notice(event).reports
         summary.notices += 1
         summary.matches += sum(not m.retracted for m in reports)
         summary.revoked += sum(m.retracted for m in reports)

@@ -13,21 +13,21 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mmcross.config import Config, notice_options
-from mmcross.engine import Engine
-from mmcross.errors import NotAnEventError
-from mmcross.metrics import Metrics, MetricsServer, RateMeter
-from mmcross.service_state import (
+from mmcross.app.engine import Engine
+from mmcross.app.metrics import Metrics, MetricsServer, RateMeter
+from mmcross.app.service_state import (
     EngineLoop,
     ServiceStats,
     declare_metrics,
     newest_alert_mjd,
     prune_history,
 )
-from mmcross.transports import Transports
+from mmcross.app.transports import Transports
+from mmcross.model.config import Config, notice_options
+from mmcross.model.errors import NotAnEventError
 
 if TYPE_CHECKING:
-    from catalogs import Store
+    from mmcross.catalogs import Store
 
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,8 @@ class EmbeddedService(EngineLoop):
         self.transports = Transports(config)
 
     def start(self) -> None:
-        from brokers.sinks import JsonLinesSink, VOEventDirectorySink
-        from brokers.spool import PARTNER_MATCHES, FileSpool, PartnerMatchFile
+        from mmcross.brokers.sinks import JsonLinesSink, VOEventDirectorySink
+        from mmcross.brokers.spool import PARTNER_MATCHES, FileSpool, PartnerMatchFile
 
         sp = self.spool_settings
         self.metrics.set("start_unixtime", time.time())
@@ -176,8 +176,8 @@ class EmbeddedService(EngineLoop):
         return n
 
     def _notice_file(self, item) -> None:
-        from listeners import parse_notice
-        from mmcross.errors import MmcrossError
+        from mmcross.listeners import parse_notice
+        from mmcross.model.errors import MmcrossError
 
         assert self.engine is not None and self.spool is not None
         try:
@@ -204,7 +204,7 @@ class EmbeddedService(EngineLoop):
 
         import numpy as np
 
-        from brokers.alert_files import iter_alert_batches
+        from mmcross.brokers.alert_files import iter_alert_batches
 
         assert self.engine is not None and self.spool is not None
         errors: list[Exception] = []
@@ -243,9 +243,9 @@ class EmbeddedService(EngineLoop):
         """A partner's detections dropped in ``in/detections/<partner>/`` (operator input:
         no signature, no rate limit; the partner must exist and have a stream rule, and the
         file is within its ``max_bytes``)."""
-        from brokers.spool import detections_partner
-        from listeners.partner_detections import parse_detections
-        from listeners.partners import SubmissionRefusedError
+        from mmcross.brokers.spool import detections_partner
+        from mmcross.listeners.partner_detections import parse_detections
+        from mmcross.listeners.partners import SubmissionRefusedError
 
         assert self.spool is not None
         partner = detections_partner(item, self.spool.inbox)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from astropy.time import Time
 
 if TYPE_CHECKING:
-    from mmcross.localization import Localization
+    from mmcross.model.localization import Localization
 
 
 class EventKind(enum.StrEnum):
@@ -44,7 +44,7 @@ class Event:
     Attributes:
         event_id: stable id across revisions, ``"<source>:<trigger id>"``.
         revision: 1, 2, 3... in the order the index accepted this event's notices; assigned
-            by :class:`mmcross.index.SkyIndex` (listeners leave it 0). A notice issued before
+            by :class:`mmcross.model.index.SkyIndex` (listeners leave it 0). A notice issued before
             the live revision's ``notice_time`` is stale and ignored.
         kind: the messenger kind.
         instrument: mission/instrument name, e.g. ``"Fermi-GBM"``, ``"Swift-BAT"``, ``"LVK"``.

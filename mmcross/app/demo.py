@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from listeners import read_notice_file
-from mmcross.config import Config, notice_options
-from mmcross.errors import MmcrossError
-from mmcross.event import Event
+from mmcross.app.tables import print_replay_summary
+from mmcross.listeners import read_notice_file
+from mmcross.model.config import Config, notice_options
+from mmcross.model.errors import MmcrossError
+from mmcross.model.event import Event
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,11 @@ def demo_notices() -> list[Path]:
 def run_demo(out: Path, *, n_alerts: int = 20_000, seed: int = 1,
              n_inject: int = 6, config: Config | None = None) -> int:
     """Simulate, replay and report; returns the process exit status (0 when all found)."""
-    from brokers.sinks import JsonLinesSink, VOEventDirectorySink
-    from catalogs import Store
-    from mmcross.engine import Engine
-    from mmcross.replay import replay
-    from mmcross.simulate import simulate_night
+    from mmcross.app.engine import Engine
+    from mmcross.app.replay import replay
+    from mmcross.app.simulate import simulate_night
+    from mmcross.brokers.sinks import JsonLinesSink, VOEventDirectorySink
+    from mmcross.catalogs import Store
 
     config = config or Config.load()
     out.mkdir(parents=True, exist_ok=True)
@@ -113,9 +114,8 @@ def run_demo(out: Path, *, n_alerts: int = 20_000, seed: int = 1,
     finally:
         engine.close()
 
-    from mmcross.cli import _print_replay_summary
 
-    _print_replay_summary(engine, summary, out, db)
+    print_replay_summary(summary, out, db)
     matched = {(m["event_id"], m["alert_id"]) for m in map(
         json.loads, (out / "matches.jsonl").read_text().splitlines()) if not m["retracted"]}
     print()
