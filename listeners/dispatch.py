@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mmcross.listeners import einstein_probe, fermi, icecube, integral, lvk, svom, swift
 from mmcross.listeners.common import NoticeContext
 from mmcross.listeners.gcn_unified import parse_unified, slug
-from mmcross.listeners.voevent import parse_voevent
+from mmcross.listeners.voevent import VOEventDoc, parse_voevent
 from mmcross.model.errors import (
     BadNoticeError,
     MmcrossError,
@@ -105,6 +106,10 @@ def _parse(ctx: NoticeContext) -> Event:
 
 def _parse_voevent(ctx: NoticeContext) -> Event:
     doc = parse_voevent(ctx)
+    return replace(_parse_voevent_doc(doc, ctx), ivorn=doc.ivorn)
+
+
+def _parse_voevent_doc(doc: VOEventDoc, ctx: NoticeContext) -> Event:
     ptype = doc.packet_type(ctx)
     if ptype in TRANSPORT_PACKETS:
         raise NotAnEventError(f"GCN {TRANSPORT_PACKETS[ptype]} packet (Packet_Type {ptype}) is "

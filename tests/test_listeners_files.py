@@ -259,3 +259,14 @@ def test_malformed_json_and_xml_name_the_source():
         parse_notice(b'{"a": ', source="kafka/3/14")
     with pytest.raises(BadNoticeError, match="malformed VOEvent XML.*peer:1.2.3.4"):
         parse_notice(b"<VOEvent><What>", source="peer:1.2.3.4")
+
+
+def test_voevent_notices_keep_their_own_ivorn_and_json_ones_have_none(shared_file) -> None:
+    from lxml import etree
+
+    path = shared_file("gcn/voevent/fink-mm-kafka-2024-01/Fermi_GBM_Gnd_Pos_726773850-268.xml")
+    event = read_notice_file(path, tolerance=1e-2)
+    assert event.ivorn == etree.fromstring(path.read_bytes()).get("ivorn")
+    assert event.ivorn.startswith("ivo://nasa.gsfc.gcn/Fermi#")
+    gw = read_notice_file(shared_file("gcn/json/fink-mm/S230518h-initial.json"), tolerance=1e-2)
+    assert gw.ivorn == ""

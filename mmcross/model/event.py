@@ -61,6 +61,8 @@ class Event:
         ra, dec, error_radius: the point position and radius in degrees (ICRS) when the
             notice gave one (``error_radius`` at the containment in ``containment``).
         containment: containment probability of ``error_radius`` (e.g. 0.9), or ``None``.
+        ivorn: the notice's own VOEvent IVORN (``ivo://authority/stream#local_id``) when it
+            came as a VOEvent, else ``""`` (GCN Kafka JSON and IGWN Avro notices have none).
         raw: the notice exactly as received (bytes).
         notice_format: ``"voevent"``, ``"json"`` or ``"avro"``.
         source: where the notice came from (file path, topic/partition/offset, peer).
@@ -82,6 +84,7 @@ class Event:
     dec: float | None = None
     error_radius: float | None = None
     containment: float | None = None
+    ivorn: str = ""
     raw: bytes = b""
     notice_format: str = ""
     source: str = ""
