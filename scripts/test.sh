@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 state="${MMCROSS_TEST_STATE:-$(mktemp -d -t mmcross-test-XXXXXX)}"
+mkdir -p "$state"
 chmod 755 "$state"  # PostgreSQL runs as the postgres user and needs to enter it
 cleanup() {
     python scripts/kafka_local.py stop --dir "$state/kafka" >/dev/null 2>&1 || true
