@@ -12,9 +12,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from astropy.time import Time
+if TYPE_CHECKING:  # astropy only for annotations: importing the model stays light
+    from astropy.time import Time
 
-if TYPE_CHECKING:
     from mmcross.model.localization import Localization
 
 
