@@ -303,3 +303,92 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -- gwcelery 3.0 as a reference (tests of the RAVEN coincidences) ---------------------------
+# gwcelery is not installed (heavy dependencies): its wheel is downloaded once into
+# ~/.cache/mmcross and the few modules the tests compare with are loaded from it, with celery,
+# GraceDB and the igwn-alert client replaced by inert stand-ins.
+
+GWCELERY_VERSION = "3.0.0"
+
+
+def _gwcelery_root() -> Path:
+    import zipfile
+
+    cache = Path.home() / ".cache" / "mmcross" / f"gwcelery-{GWCELERY_VERSION}"
+    if not (cache / "gwcelery" / "tasks" / "raven.py").exists():
+        wheel_dir = cache.with_name(cache.name + "-wheel")
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                        f"gwcelery=={GWCELERY_VERSION}", "-d", str(wheel_dir)], check=True)
+        wheel = next(wheel_dir.glob("gwcelery-*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(cache)
+    return cache
+
+
+def gwcelery_module(name: str):
+    """gwcelery 3.0's module ``gwcelery.<name>`` (``conf``, ``tasks.raven``,
+    ``tasks.external_skymaps``) loaded from its wheel with celery and GraceDB stubbed;
+    ``gwcelery.app.conf`` is gwcelery's own configuration."""
+    import importlib.util
+    import types
+
+    root = _gwcelery_root() / "gwcelery"
+
+    def task(*_a, **_k):
+        return lambda f: f
+
+    def module(mod_name: str, **attrs) -> types.ModuleType:
+        m = types.ModuleType(mod_name)
+        m.__dict__.update(attrs)
+        return m
+
+    stubs = {
+        "celery": module("celery", group=lambda *a, **k: None),
+        "celery.utils": module("celery.utils"),
+        "celery.utils.log": module("celery.utils.log",
+                                   get_task_logger=lambda n: __import__("logging").getLogger(n)),
+        "igwn_alert": module("igwn_alert"),
+        "igwn_alert.client": module("igwn_alert.client", DEFAULT_SERVER="kafka://localhost/"),
+        "gwcelery.tasks.gracedb": module("gwcelery.tasks.gracedb", task=task, client=None,
+                                         RetryableHTTPError=Exception),
+        "gwcelery.tasks.core": module("gwcelery.tasks.core", identity=None),
+        "gwcelery.tasks.skymaps": module("gwcelery.tasks.skymaps"),
+        "gwcelery.util": module("gwcelery.util", closing_figures=lambda *a, **k: (lambda f: f)),
+        "gwcelery.util.cmdline": module("gwcelery.util.cmdline", handling_system_exit=None),
+        "gwcelery.util.tempfile": module("gwcelery.util.tempfile", NamedTemporaryFile=None),
+    }
+    saved = {k: sys.modules.get(k) for k in [*stubs, "gwcelery", "gwcelery.tasks",
+                                             "gwcelery.conf", f"gwcelery.{name}"]}
+    try:
+        sys.modules.update(stubs)
+
+        def load(mod_name: str, path: Path) -> types.ModuleType:
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = mod
+            spec.loader.exec_module(mod)
+            return mod
+
+        conf = load("gwcelery.conf", root / "conf" / "__init__.py")
+        app = module("gwcelery.app", task=task,
+                     conf={k: v for k, v in vars(conf).items() if not k.startswith("_")})
+        pkg = module("gwcelery", __path__=[str(root)], app=app, __version__=GWCELERY_VERSION)
+        sys.modules["gwcelery"] = pkg
+        tasks = module("gwcelery.tasks", __path__=[str(root / "tasks")])
+        sys.modules["gwcelery.tasks"] = tasks
+        for sub in ("gracedb", "core", "skymaps"):
+            setattr(tasks, sub, stubs[f"gwcelery.tasks.{sub}"])
+        if name == "conf":
+            return conf
+        if name == "tasks.raven":
+            tasks.external_skymaps = module("gwcelery.tasks.external_skymaps")
+            sys.modules["gwcelery.tasks.external_skymaps"] = tasks.external_skymaps
+        return load(f"gwcelery.{name}", root / (name.replace(".", "/") + ".py"))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
