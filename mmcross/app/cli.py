@@ -346,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mmcross.app.cli_observe import add_parsers as add_observer_parsers
 
     add_observer_parsers(sub)
+    from mmcross.app.cli_tns import add_parsers as add_tns_parsers
+
+    add_tns_parsers(sub)
     return parser
 
 
