@@ -17,6 +17,7 @@ from astropy.time import Time
 
 from mmcross.model.errors import BadNoticeError, NotAnEventError
 from mmcross.model.event import Event, EventKind, NoticeAction
+from mmcross.model.plausibility import implausible_int64, implausible_radec
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,10 @@ def parse_time(text: Any, ctx: NoticeContext, what: str) -> Time:
         if suffix != "Z":
             sign = -1 if suffix[0] == "-" else 1
             digits = suffix[1:].replace(":", "")
-            offset_minutes = sign * (int(digits[:2]) * 60 + int(digits[2:]))
+            hours, minutes = int(digits[:2]), int(digits[2:])
+            if hours > 14 or minutes > 59:  # real UTC offsets run from -12:00 to +14:00
+                raise ctx.bad(f"{what} {text!r} has an impossible UTC offset {suffix}")
+            offset_minutes = sign * (hours * 60 + minutes)
     try:
         t = Time(s, format="isot", scale="utc")
     except ValueError as exc:
@@ -116,8 +120,8 @@ def to_float(value: Any, ctx: NoticeContext, what: str) -> float:
         raise ctx.bad(f"{what} is a boolean, not a number")
     try:
         x = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ctx.bad(f"{what} is not a number: {value!r}") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ctx.bad(f"{what} is not a number: {_short(value)}") from exc
     if not math.isfinite(x):
         raise ctx.bad(f"{what} is not finite: {value!r}")
     return x
@@ -128,12 +132,23 @@ def to_int(value: Any, ctx: NoticeContext, what: str) -> int:
     if isinstance(value, bool):
         raise ctx.bad(f"{what} is a boolean, not an integer")
     if isinstance(value, int):
-        return value
-    try:
-        s = str(value).strip()
-        return int(s, 16) if s.lower().startswith("0x") else int(float(s)) if "." in s else int(s)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ctx.bad(f"{what} is not an integer: {value!r}") from exc
+        number = value
+    else:
+        try:
+            s = str(value).strip()
+            number = (int(s, 16) if s.lower().startswith("0x")
+                      else int(float(s)) if "." in s else int(s))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ctx.bad(f"{what} is not an integer: {_short(value)}") from exc
+    if (why := implausible_int64(number, what)) is not None:
+        raise ctx.bad(why)
+    return number
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a 400-digit number stays readable)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def optional_float(value: Any) -> float | None:
@@ -148,10 +163,11 @@ def optional_float(value: Any) -> float | None:
 
 
 def check_radec(ra: float, dec: float, ctx: NoticeContext, what: str = "position") -> float:
-    """Validate a position in degrees ICRS; returns RA wrapped into [0, 360)."""
-    if not -90.0 <= dec <= 90.0:
-        raise ctx.bad(f"{what}: Dec {dec} deg outside [-90, 90]")
-    return ra % 360.0
+    """Validate a position in degrees ICRS (RA in [0, 360], Dec in [-90, 90]; anything else
+    is refused, never wrapped); returns RA with 360 written as 0."""
+    if (why := implausible_radec(ra, dec, what)) is not None:
+        raise ctx.bad(why)
+    return 0.0 if ra == 360.0 else ra
 
 
 def jsonable(value: Any) -> Any:

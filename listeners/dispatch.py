@@ -27,6 +27,15 @@ from mmcross.model.errors import (
     UnsupportedMissionError,
 )
 from mmcross.model.event import Event
+from mmcross.model.plausibility import (
+    implausible_int64,
+    implausible_json,
+    implausible_mjd,
+    implausible_probability,
+    implausible_radec,
+    implausible_radius,
+    implausible_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +75,9 @@ def parse_notice(payload: bytes, *, topic: str | None = None, source: str = "",
     if not isinstance(ctx.payload, bytes):
         raise ctx.bad(f"payload is {type(payload).__name__}, not bytes")
     try:
-        return _parse(ctx)
+        event = _parse(ctx)
+        _check_plausible(event, ctx)
+        return event
     except MmcrossError:
         raise
     except RecursionError as exc:
@@ -74,6 +85,32 @@ def parse_notice(payload: bytes, *, topic: str | None = None, source: str = "",
     except Exception as exc:  # noqa: BLE001 - the API promises mmcross errors only
         logger.exception("unexpected error parsing notice from %s", ctx.where)
         raise ctx.bad(f"cannot parse notice: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_plausible(event: Event, ctx: NoticeContext) -> None:
+    """Refuse an event that parsed but makes no sense (:mod:`mmcross.model.plausibility`):
+    times outside the survey era, positions or radii out of range, values the store cannot
+    hold. Every notice path (files, GCN Kafka, VTP, partners) comes through here."""
+    checks = [
+        implausible_mjd(float(event.trigger_time.utc.mjd), "trigger time"),
+        implausible_text(event.event_id, "event id", 200),
+        implausible_text(event.instrument, "instrument", 100),
+        implausible_text(event.notice_type, "notice type", 100),
+        implausible_text(event.role, "role", 32),
+        implausible_int64(event.serial, "serial number"),
+        implausible_json(event.significance, "significance"),
+    ]
+    if event.notice_time is not None:
+        checks.append(implausible_mjd(float(event.notice_time.utc.mjd), "notice time"))
+    if event.ra is not None and event.dec is not None:
+        checks.append(implausible_radec(event.ra, event.dec, "position"))
+    if event.error_radius is not None:
+        checks.append(implausible_radius(event.error_radius, "error radius"))
+    if event.containment is not None:
+        checks.append(implausible_probability(event.containment, "containment"))
+    for why in checks:
+        if why is not None:
+            raise ctx.bad(why)
 
 
 def read_notice_file(path: str | Path, **kwargs: Any) -> Event:
