@@ -28,6 +28,9 @@ class EventKind(enum.StrEnum):
     XRAY = "xray"
     OPTICAL = "optical"
     OTHER = "other"
+    # The combined localization of a GW x external-trigger coincidence found by mmcross;
+    # ``significance["parents"]`` holds the two parent event ids.
+    COINCIDENCE = "coincidence"
 
 
 class NoticeAction(enum.StrEnum):
