@@ -14,6 +14,7 @@ from mmcross.listeners.radii import CircleSpec
 from mmcross.model import shapes
 from mmcross.model.errors import MmcrossError
 from mmcross.model.localization import Localization
+from mmcross.model.plausibility import implausible_radius
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +24,8 @@ MIN_RADIUS_DEG = 1e-4
 
 def circle(ctx: NoticeContext, ra: float, dec: float, spec: CircleSpec) -> Localization:
     """A circle of ``spec.radius`` deg containing ``spec.containment`` around (ra, dec)."""
-    if not spec.radius > 0.0:
-        raise ctx.bad(f"error radius {spec.radius} deg is not positive")
+    if (why := implausible_radius(spec.radius, "error radius")) is not None:
+        raise ctx.bad(why)
     if not 0.0 < spec.containment < 1.0:
         raise ctx.bad(f"containment {spec.containment} is not in (0, 1)")
     radius = min(max(spec.radius, MIN_RADIUS_DEG), 179.0)

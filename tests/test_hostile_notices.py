@@ -115,7 +115,7 @@ def test_a_fermi_voevent_radius_beyond_180_deg_is_refused(shared_file) -> None:
 def test_policy_edges_against_astropy_dates() -> None:
     from astropy.time import Time
 
-    assert EARLIEST_MJD == Time("1990-01-01T00:00:00", scale="utc").mjd
+    assert Time("1990-01-01T00:00:00", scale="utc").mjd == EARLIEST_MJD
     assert implausible_mjd(EARLIEST_MJD, "t") is None
     assert implausible_mjd(EARLIEST_MJD - 1e-6, "t") is not None
     assert implausible_mjd(now_mjd() + 0.5, "t") is None
