@@ -94,7 +94,8 @@ def _read_long(buf: bytes, pos: int, source: str) -> tuple[int, int]:
     acc = 0
     while True:
         if pos >= len(buf):
-            raise BadAlertError(f"{source}: Avro body truncated at byte {pos}")
+            raise BadAlertError(f"Avro body truncated at byte {pos}", source=source,
+                                truncated=True)
         b = buf[pos]
         pos += 1
         acc |= (b & 0x7F) << shift
@@ -102,31 +103,33 @@ def _read_long(buf: bytes, pos: int, source: str) -> tuple[int, int]:
             return (acc >> 1) ^ -(acc & 1), pos
         shift += 7
         if shift > 63:
-            raise BadAlertError(f"{source}: malformed Avro varint at byte {pos}")
+            raise BadAlertError(f"malformed Avro varint at byte {pos}", source=source)
 
 
 def _check(alert_id: Any, ra: Any, dec: Any, mjd: Any, source: str) -> None:
     if not isinstance(alert_id, int):
-        raise BadAlertError(f"{source}: alert id is {alert_id!r}, not an integer")
+        raise BadAlertError(f"alert id is {alert_id!r}, not an integer", source=source)
     if not (isinstance(ra, float) and isinstance(dec, float)
             and 0.0 <= ra <= 360.0 and -90.0 <= dec <= 90.0):
         raise BadAlertError(
-            f"{source}: alert {alert_id} position RA={ra!r}, Dec={dec!r} deg is outside "
-            "RA [0, 360], Dec [-90, 90] (degrees ICRS)")
+            f"alert {alert_id} position RA={ra!r}, Dec={dec!r} deg is outside "
+            "RA [0, 360], Dec [-90, 90] (degrees ICRS)", source=source)
     if not (isinstance(mjd, float) and math.isfinite(mjd)):
-        raise BadAlertError(f"{source}: alert {alert_id} has time {mjd!r}, not a finite MJD")
+        raise BadAlertError(f"alert {alert_id} has time {mjd!r}, not a finite MJD",
+                            source=source)
 
 
 def split_wire(message: bytes, source: str = "") -> tuple[int, memoryview]:
     """Confluent wire-format message -> (schema id, schemaless Avro body)."""
     source = source or "alert"
     if len(message) < _HEADER.size + 1:
-        raise BadAlertError(f"{source}: {len(message)} bytes is too short for a wire-format alert")
+        raise BadAlertError(f"{len(message)} bytes is too short for a wire-format alert",
+                            source=source, truncated=True)
     magic, schema_id = _HEADER.unpack_from(message)
     if magic != WIRE_MAGIC:
         raise BadAlertError(
-            f"{source}: not a Confluent wire-format Avro message (first byte {magic:#04x}, "
-            "expected 0x00)")
+            f"not a Confluent wire-format Avro message (first byte {magic:#04x}, "
+            "expected 0x00)", source=source)
     return schema_id, memoryview(message)[_HEADER.size:]
 
 
@@ -135,8 +138,8 @@ def _object_id_from_diaobject(body: memoryview, schema: RubinSchema, source: str
     try:
         record = fastavro.schemaless_reader(io.BytesIO(body), schema.definition, None)
     except Exception as exc:  # fastavro raises many kinds on corrupt input
-        raise BadAlertError(f"{source}: cannot decode Rubin v{schema.version} body: {exc!r}") \
-            from exc
+        raise BadAlertError(f"cannot decode Rubin v{schema.version} body: {exc!r}",
+                            source=source, truncated=isinstance(exc, EOFError)) from exc
     obj = record.get("diaObject")
     oid = obj.get("diaObjectId") if obj else None
     return "" if oid is None else str(oid)
@@ -150,8 +153,8 @@ def decode_rubin_body_fastavro(body: bytes | memoryview, schema: RubinSchema, so
         head = fastavro.schemaless_reader(bio, schema.prefix, schema.prefix_reader)
     except Exception as exc:  # fastavro raises EOFError, IndexError, UnicodeError, ...
         raise BadAlertError(
-            f"{source}: cannot decode Rubin alert (schema v{schema.version}) prefix: {exc!r}"
-        ) from exc
+            f"cannot decode Rubin alert (schema v{schema.version}) prefix: {exc!r}",
+            source=source, truncated=isinstance(exc, EOFError)) from exc
     pos = bio.tell()
     # prvDiaSources: union ["null", array] index, then the first array block count.
     branch, pos = _read_long(body, pos, source)
@@ -161,7 +164,7 @@ def decode_rubin_body_fastavro(body: bytes | memoryview, schema: RubinSchema, so
         count, pos = _read_long(body, pos, source)
         has_history = count != 0
     else:
-        raise BadAlertError(f"{source}: bad prvDiaSources union branch {branch}")
+        raise BadAlertError(f"bad prvDiaSources union branch {branch}", source=source)
     ds = head["diaSource"]
     alert_id = ds.get("diaSourceId")
     ra, dec, mjd = ds.get(schema.ra_field), ds.get(schema.dec_field), ds.get(schema.time_field)
@@ -190,10 +193,11 @@ def _kernel_error(status: int, pos: int, length: int, schema_id: int, source: st
                   wire: bool) -> BadAlertError:
     """The :class:`BadAlertError` for a kernel status (``pos``: byte in the message)."""
     if status == avro_skip.TOO_SHORT:
-        return BadAlertError(f"{source}: {length} bytes is too short for a wire-format alert")
+        return BadAlertError(f"{length} bytes is too short for a wire-format alert",
+                             source=source, truncated=True)
     if status == avro_skip.BAD_MAGIC:
-        return BadAlertError(f"{source}: not a Confluent wire-format Avro message (first byte "
-                             f"{pos:#04x}, expected 0x00)")
+        return BadAlertError(f"not a Confluent wire-format Avro message (first byte "
+                             f"{pos:#04x}, expected 0x00)", source=source)
     if status == avro_skip.UNKNOWN_SCHEMA:
         try:
             get_schema(schema_id, source=source)
@@ -201,9 +205,9 @@ def _kernel_error(status: int, pos: int, length: int, schema_id: int, source: st
             return exc
     where = "wire message" if wire else "Avro body"
     return BadAlertError(
-        f"{source}: cannot decode Rubin alert (schema id {schema_id}) prefix: "
+        f"cannot decode Rubin alert (schema id {schema_id}) prefix: "
         f"{avro_skip.STATUS_TEXT.get(status, f'status {status}')} at byte {pos} of the "
-        f"{length}-byte {where}")
+        f"{length}-byte {where}", source=source, truncated=status == avro_skip.TRUNCATED)
 
 
 class _Columns(NamedTuple):
@@ -223,12 +227,13 @@ class _Columns(NamedTuple):
 def _decode_columns(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
                     source_of: Callable[[int], str],
                     message_of: Callable[[int], bytes | memoryview], *,
-                    body_schema_id: int = -1) -> _Columns:
+                    body_schema_id: int = -1, first_index: int = 0) -> _Columns:
     """Kernel-decode the messages ``buf[starts[i]:ends[i]]``; slow paths per message.
 
     ``message_of(i)`` gives message ``i`` whole (wire format, or the body when
     ``body_schema_id >= 0``); it is used only for fastavro fallbacks and the
-    ``diaObject.diaObjectId`` look-up.
+    ``diaObject.diaObjectId`` look-up. The error of message ``i`` has index
+    ``first_index + i``.
     """
     wire = body_schema_id < 0
     d = avro_skip.decode_messages(buf, starts, ends, body_schema_id=body_schema_id)
@@ -260,13 +265,14 @@ def _decode_columns(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
             elif not good[i]:
                 _check(None if d.id_null[i] else int(alert_id[i]), float(ra[i]), float(dec[i]),
                        float(mjd[i]), source)
-                raise BadAlertError(f"{source}: alert has a null diaSourceId")  # not reached
+                raise BadAlertError("alert has a null diaSourceId", source=source)
             elif not d.sso[i]:  # no diaObjectId in diaSource: read it from diaObject
                 schema = get_schema(int(d.schema_id[i]) if wire else body_schema_id)
                 body = memoryview(message_of(i))[5 if wire else 0:]
                 object_id[i] = _object_id_from_diaobject(body, schema, source)
         except BadAlertError as exc:
             good[i] = False
+            exc.index = first_index + i
             errors.append((i, exc))
     index = np.flatnonzero(good)
     return _Columns(index, alert_id[index], object_id[index], ra[index], dec[index],
@@ -287,20 +293,20 @@ def _columns_to_batch(cols: _Columns, source_of: Callable[[int], str],
 
 
 def decode_buffer(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
-                  source_of: Callable[[int], str], *, keep_packets: bool = True
-                  ) -> tuple[AlertBatch, list[BadAlertError]]:
+                  source_of: Callable[[int], str], *, keep_packets: bool = True,
+                  first_index: int = 0) -> tuple[AlertBatch, list[BadAlertError]]:
     """Decode the wire-format messages ``buf[starts[i]:ends[i]]`` of a uint8 buffer.
 
     The kept packets are zero-copy ``memoryview`` slices of ``buf`` (which they keep
     alive); ``source_of(i)`` names message ``i``. Bad messages are left out and returned as
-    errors, in message order.
+    errors (index ``first_index + i``), in message order.
     """
     view = memoryview(buf)
 
     def message_of(i: int) -> memoryview:
         return view[starts[i]:ends[i]]
 
-    cols = _decode_columns(buf, starts, ends, source_of, message_of)
+    cols = _decode_columns(buf, starts, ends, source_of, message_of, first_index=first_index)
     batch = _columns_to_batch(cols, source_of, None)
     if keep_packets:
         idx = cols.index
@@ -351,7 +357,8 @@ def decode_wire(message: bytes, source: str = "") -> AlertBatch:
 
 def decode_wire_many(messages: Sequence[bytes], sources: Sequence[str] | None = None, *,
                      keep_packets: bool = True) -> tuple[AlertBatch, list[BadAlertError]]:
-    """Decode many wire-format alerts; bad ones are left out and returned as errors.
+    """Decode many wire-format alerts; bad ones are left out and returned as errors, whose
+    ``index`` is the position of their message in ``messages``.
 
     ``sources[i]`` names message ``i`` (e.g. ``"topic/partition/offset"``); by default
     ``"message#i"``. The first :data:`HEAD_BYTES` of every message are copied into one buffer
@@ -371,7 +378,7 @@ def decode_wire_many(messages: Sequence[bytes], sources: Sequence[str] | None = 
     starts = ends - heads
     buf = np.frombuffer(b"".join(memoryview(m)[:HEAD_BYTES] for m in messages), np.uint8)
     cols = _decode_columns(buf, starts, ends, source_of, messages.__getitem__)
-    redo = [i for i, e in cols.errors if lengths[i] > HEAD_BYTES and "truncated" in str(e)]
+    redo = [i for i, e in cols.errors if lengths[i] > HEAD_BYTES and e.truncated]
     if redo:  # prefix longer than HEAD_BYTES: decode those messages whole
         full_len = lengths[redo]
         full_ends = np.cumsum(full_len)
@@ -391,6 +398,8 @@ def _merge(first: _Columns, again: _Columns, redo: np.ndarray) -> _Columns:
     cat = [np.concatenate([getattr(first, f), getattr(again, f)])[order]
            for f in ("alert_id", "object_id", "ra", "dec", "mjd_tai", "is_new", "mag")]
     redone = set(redo.tolist())
+    for k, e in again.errors:
+        e.index = int(redo[k])
     errors = sorted([(i, e) for i, e in first.errors if i not in redone]
                     + [(int(redo[k]), e) for k, e in again.errors], key=lambda t: t[0])
     return _Columns(index[order], *cat, errors)
@@ -410,37 +419,69 @@ def wire_header(schema_id: int) -> bytes:
     return _HEADER.pack(WIRE_MAGIC, schema_id)
 
 
-def ztf_rows(records: Sequence[dict[str, Any]], sources: Sequence[str],
-             packets: Sequence[bytes | None]) -> tuple[list[AlertRow], list[BadAlertError]]:
-    """Decoded ZTF alert records -> rows (``jd`` UTC -> MJD TAI with astropy, vectorised)."""
-    good: list[tuple[dict[str, Any], str, bytes | None]] = []
+#: Roles of the ZTF alert fields captured by the container walker
+#: (:func:`mmcross.brokers.avro_container.walk_blocks`).
+ZTF_CANDID, ZTF_OBJECT, ZTF_RA, ZTF_DEC, ZTF_JD, ZTF_MAG, ZTF_PRV = range(1, 8)
+ZTF_ROLES = {("candid",): ZTF_CANDID, ("objectId",): ZTF_OBJECT,
+             ("candidate", "ra"): ZTF_RA, ("candidate", "dec"): ZTF_DEC,
+             ("candidate", "jd"): ZTF_JD, ("candidate", "magpsf"): ZTF_MAG,
+             ("prv_candidates", "candid"): ZTF_PRV}
+N_ZTF_ROLES = 8
+
+
+def decode_body_buffer(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, schema_id: int,
+                       source_of: Callable[[int], str], *,
+                       packet_of: Callable[[int], Any] | None = None
+                       ) -> tuple[AlertBatch, list[BadAlertError]]:
+    """Decode the schemaless Rubin bodies ``buf[starts[i]:ends[i]]`` (uint8 buffer), all of
+    schema ``schema_id`` (e.g. the records of a container file), with the prefix kernel.
+
+    Bad bodies are left out and returned as errors (``index`` = ``i``), in order;
+    ``packet_of(i)`` gives the packet kept for body ``i`` (none kept when ``None``).
+    """
+    view = memoryview(buf)
+    cols = _decode_columns(buf, starts, ends, source_of, lambda i: view[starts[i]:ends[i]],
+                           body_schema_id=schema_id)
+    return _columns_to_batch(cols, source_of, packet_of), [e for _, e in cols.errors]
+
+
+def decode_ztf_roles(buf: np.ndarray, ivals: np.ndarray, fvals: np.ndarray,
+                     present: np.ndarray, source_of: Callable[[int], str], *,
+                     packet_of: Callable[[int], Any] | None = None
+                     ) -> tuple[AlertBatch, list[BadAlertError]]:
+    """ZTF alerts from the :data:`ZTF_ROLES` captured by the container walker (row ``i``:
+    one record; ``objectId`` as byte offset in ``buf`` and length): ``jd`` UTC -> MJD TAI
+    with astropy (vectorised); ``is_new`` = no ``prv_candidates`` entry with a ``candid``
+    (upper limits have none); ``mag`` = ``candidate.magpsf`` (AB).
+
+    Records without ``candid`` or ``objectId``, or with a position or time out of range,
+    are returned as errors (``index`` = ``i``).
+    """
     errors: list[BadAlertError] = []
-    for rec, src, pkt in zip(records, sources, packets, strict=True):
+    ra, dec, jd = fvals[:, ZTF_RA], fvals[:, ZTF_DEC], fvals[:, ZTF_JD]
+    good = (present[:, ZTF_CANDID] & present[:, ZTF_OBJECT] & (ra >= 0.0) & (ra <= 360.0)
+            & (dec >= -90.0) & (dec <= 90.0) & np.isfinite(jd))
+    for i in np.flatnonzero(~good).tolist():
         try:
-            cand = rec["candidate"]
-            _check(rec["candid"], cand["ra"], cand["dec"], cand["jd"], src)
-            if not isinstance(rec.get("objectId"), str):
-                raise BadAlertError(f"{src}: ZTF alert without objectId")
-        except (KeyError, TypeError) as exc:
-            errors.append(BadAlertError(f"{src}: not a ZTF alert record: {exc!r}"))
-            continue
+            if not present[i, ZTF_OBJECT]:
+                raise BadAlertError("ZTF alert without objectId", source=source_of(i))
+            _check(int(ivals[i, ZTF_CANDID]) if present[i, ZTF_CANDID] else None,
+                   float(ra[i]), float(dec[i]), float(jd[i]), source_of(i))
         except BadAlertError as exc:
+            exc.index = i
             errors.append(exc)
-            continue
-        good.append((rec, src, pkt))
-    if not good:
-        return [], errors
-    jd = np.array([rec["candidate"]["jd"] for rec, _, _ in good])
-    mjd_tai = Time(jd, format="jd", scale="utc").tai.mjd
-    rows = []
-    for (rec, src, pkt), mjd in zip(good, mjd_tai, strict=True):
-        prv = rec.get("prv_candidates") or []
-        # prv_candidates also holds non-detections (upper limits), which have no candid.
-        is_new = not any(p.get("candid") is not None for p in prv)
-        cand = rec["candidate"]
-        magpsf = cand.get("magpsf")
-        mag = float(magpsf) if isinstance(magpsf, (int, float)) else math.nan
-        rows.append(AlertRow(int(rec["candid"]), rec["objectId"], float(cand["ra"]),
-                             float(cand["dec"]), float(mjd), is_new, pkt, src,
-                             mag if math.isfinite(mag) else math.nan))
-    return rows, errors
+    index = np.flatnonzero(good)
+    raw = memoryview(buf)
+    object_id = np.array([bytes(raw[a:a + int(m)]).decode(errors="replace") for a, m in
+                          zip(ivals[index, ZTF_OBJECT].tolist(),
+                              fvals[index, ZTF_OBJECT].tolist(), strict=True)], dtype=object)
+    mjd_tai = (Time(jd[index], format="jd", scale="utc").tai.mjd if len(index)
+               else np.empty(0))
+    mag = np.where(present[index, ZTF_MAG], fvals[index, ZTF_MAG], np.nan)
+    rows = index.tolist()
+    batch = AlertBatch(
+        ivals[index, ZTF_CANDID], object_id, ra[index], dec[index],
+        mjd_tai, packets=None if packet_of is None else list(map(packet_of, rows)),
+        sources=list(map(source_of, rows)), is_new=~present[index, ZTF_PRV],
+        mag=np.where(np.isfinite(mag), mag, np.nan))
+    return batch, errors

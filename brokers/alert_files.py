@@ -3,13 +3,19 @@
 Three file kinds are recognised by their first bytes:
 
 * Avro object container file (``Obj\\x01``) with an embedded ``lsst.vX_Y.alert`` or
-  ``ztf.alert`` schema, any number of records. Rubin records are re-framed as
-  Confluent wire-format packets (header + the record's own bytes); a ZTF packet is a
-  one-record container file (the file's bytes when it holds a single alert, as ZTF ships).
+  ``ztf.alert`` schema, any number of records, codec ``null``, ``deflate``, ``snappy``,
+  ``bzip2`` or ``xz``. It is memory-mapped and read by numba kernels
+  (:mod:`mmcross.brokers.avro_container`): blocks are decompressed, each record's end found by
+  walking its values, and Rubin records decoded by the same prefix kernel as wire streams
+  (ZTF fields are captured on the walk); no record is decoded into Python objects. A corrupt
+  block or record gives an error naming the file and record index, and reading goes on with
+  the next block. Rubin records are re-framed as Confluent wire-format packets (header +
+  the record's own bytes); a ZTF packet is a one-record container file (the file's bytes
+  when it holds a single alert, as ZTF ships).
 * One Confluent wire-format message (byte ``0x00`` + 4-byte schema id + body).
 * A *wire stream*: :data:`WIRE_STREAM_MAGIC` then, per message, its length as a 4-byte
-  big-endian unsigned integer followed by the wire-format message. It is the fast way to
-  store many Rubin alerts: finding a record's end in a container file means skipping the
+  big-endian unsigned integer followed by the wire-format message. It is the fastest way to
+  store many Rubin alerts: finding a record's end in a container file means walking the
   whole record, while a wire stream only decodes each packet's prefix. A wire stream is
   memory-mapped: frames are found and prefixes decoded by numba kernels
   (:mod:`mmcross.brokers.avro_skip`) straight from the mapping, and the kept packets are zero-copy
@@ -22,27 +28,41 @@ A packet's source is ``"<path>#<index in file>"``.
 
 from __future__ import annotations
 
-import io
+import functools
+import json
 import logging
 import mmap
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-import fastavro
 import numpy as np
 
 from mmcross.brokers.alert_decoding import (
+    N_ZTF_ROLES,
+    ZTF_ROLES,
     AlertRow,
+    decode_body_buffer,
     decode_buffer,
-    decode_rubin_body,
     decode_wire_row,
+    decode_ztf_roles,
     rows_to_batch,
     wire_header,
-    ztf_rows,
 )
-from mmcross.brokers.avro_skip import find_frames
+from mmcross.brokers.avro_container import (
+    WALK_TEXT,
+    Block,
+    ContainerHeader,
+    Walked,
+    Walker,
+    compile_walker,
+    encode_long,
+    iter_blocks,
+    read_header,
+    walk_blocks,
+)
+from mmcross.brokers.avro_skip import OK, UnsupportedSchemaError, find_frames
 from mmcross.brokers.rubin_schemas import get_schema, schema_id_from_name
 from mmcross.model.alert import AlertBatch
 from mmcross.model.errors import BadAlertError
@@ -97,75 +117,137 @@ def expand_paths(paths: Iterable[str | Path] | str | Path,
     return out
 
 
-def _skip_reader(writer: dict[str, Any]) -> dict[str, Any]:
-    """Reader schema keeping only ``diaSource.diaSourceId``: decoding skips everything else."""
-    ds = next(f for f in writer["fields"] if f["name"] == "diaSource")["type"]
-    keep = next(f for f in ds["fields"] if f["name"] == "diaSourceId")
-    return fastavro.parse_schema({
-        "type": "record", "name": writer["name"],
-        "fields": [{"name": "diaSource", "type": {
-            "type": "record", "name": ds["name"], "fields": [keep]}}],
-    })
+@functools.lru_cache(maxsize=32)
+def _walker(schema_json: bytes, ztf: bool) -> Walker:
+    """The compiled walker of a container's writer schema (cached: archives hold many files
+    of one schema)."""
+    try:
+        return compile_walker(json.loads(schema_json), ZTF_ROLES if ztf else None)
+    except UnsupportedSchemaError as exc:
+        raise BadAlertError(f"Avro container schema cannot be walked: {exc}") from None
 
 
-def _container_rows(f: BinaryIO, path: str, keep_packets: bool
-                    ) -> Iterator[AlertRow | BadAlertError]:
-    blocks = fastavro.block_reader(f)
-    writer = blocks.writer_schema
-    name = writer.get("name", "") if isinstance(writer, dict) else ""
-    if schema_id_from_name(name) is not None:
-        schema = get_schema(schema_id_from_name(name), source=path)
-        header = wire_header(schema.schema_id)
-        reader = _skip_reader(writer)
-        index = 0
-        for block in blocks:
-            data = block.bytes_.getvalue()
-            bio = io.BytesIO(data)
-            for _ in range(block.num_records):
-                source = f"{path}#{index}"
-                index += 1
-                start = bio.tell()
-                try:
-                    fastavro.schemaless_reader(bio, writer, reader)
-                except Exception as exc:  # corrupt block: the rest of it is unusable
-                    yield BadAlertError(f"{source}: cannot decode Rubin record: {exc!r}")
-                    break
-                body = data[start:bio.tell()]
-                try:
-                    yield decode_rubin_body(body, schema, source,
-                                            header + body if keep_packets else None)
-                except BadAlertError as exc:
-                    yield exc
-    elif name == "ztf.alert":
-        records, sources, packets = [], [], []
-        for index, record in enumerate(_records(blocks)):
-            records.append(record)
-            sources.append(f"{path}#{index}")
-        if keep_packets:
-            if len(records) == 1:
-                f.seek(0)
-                packets = [f.read()]
-            else:
-                for record in records:
-                    out = io.BytesIO()
-                    fastavro.writer(out, writer, [record])
-                    packets.append(out.getvalue())
+def _one_record_container(header: ContainerHeader) -> bytes:
+    """The header of a ``null``-codec container file with ``header``'s schema and sync."""
+    meta = {**header.meta, "avro.codec": b"null"}
+    out = bytearray(CONTAINER_MAGIC)
+    out += encode_long(len(meta))
+    for key, value in meta.items():
+        out += encode_long(len(key)) + key.encode() + encode_long(len(value)) + value
+    out += encode_long(0) + header.sync
+    return bytes(out)
+
+
+def _block_groups(buf: np.ndarray, header: ContainerHeader, path: str, chunk: int
+                  ) -> Iterator[tuple[list[Block], np.ndarray] | BadAlertError]:
+    """Consecutive blocks of about ``chunk`` records, with one buffer holding them all (the
+    file mapping for the ``null`` codec, else their decompressed bytes concatenated)."""
+    group: list[Block] = []
+    n = 0
+
+    def flush() -> tuple[list[Block], np.ndarray]:
+        if all(b.data is buf for b in group):
+            return group, buf
+        sizes = np.array([b.stop - b.start for b in group], np.int64)
+        offsets = np.cumsum(sizes) - sizes
+        joined = np.concatenate([b.data[b.start:b.stop] for b in group])
+        return [b._replace(data=joined, start=int(o), stop=int(o + z)) for b, o, z in
+                zip(group, offsets.tolist(), sizes.tolist(), strict=True)], joined
+
+    for item in iter_blocks(buf, header, path):
+        if isinstance(item, BadAlertError):
+            yield item
+            continue
+        group.append(item)
+        n += item.count
+        if n >= chunk:
+            yield flush()
+            group, n = [], 0
+    if group:
+        yield flush()
+
+
+def _container_items(f: BinaryIO, path: str, keep_packets: bool, chunk: int
+                     ) -> Iterator[AlertBatch | BadAlertError]:
+    """Batches (and errors) of a Rubin or ZTF Avro container file, memory-mapped: blocks
+    decompressed, records delimited by the walker kernel, Rubin bodies decoded by the prefix
+    kernel and ZTF fields captured on the walk; no per-record Avro decoding."""
+    buf = _map_file(f)
+    header = read_header(buf, path)
+    name = header.name
+    schema_id = schema_id_from_name(name)
+    if schema_id is None and name != "ztf.alert":
+        yield BadAlertError(f"Avro container of {name or 'unnamed'} records is neither a Rubin "
+                            "(lsst.vX_Y.alert) nor a ZTF (ztf.alert) alert file", source=path)
+        return
+    if schema_id is not None:
+        get_schema(schema_id, source=path)
+    walker = _walker(header.meta["avro.schema"], schema_id is None)
+    wire = wire_header(schema_id) if schema_id is not None else b""
+    single: bytes | None = None
+    if schema_id is None and keep_packets:
+        single = _one_record_container(header)
+    for group in _block_groups(buf, header, path, chunk):
+        if isinstance(group, BadAlertError):
+            yield group
+            continue
+        blocks, data = group
+        walked = walk_blocks(data, [b.start for b in blocks], [b.stop for b in blocks],
+                             [b.count for b in blocks], walker,
+                             N_ZTF_ROLES if schema_id is None else 1)
+        record = np.concatenate([np.arange(b.first_record, b.first_record + b.count)
+                                 for b in blocks])
+        yield from _walk_errors(blocks, walked, path)
+        sel = np.flatnonzero(walked.ok)
+        starts, ends = walked.starts[sel], walked.ends[sel]
+        view = memoryview(data)
+
+        def source_of(k: int, sel: np.ndarray = sel, record: np.ndarray = record) -> str:
+            return f"{path}#{record[sel[k]]}"
+
+        packet_of = None
+        if keep_packets and schema_id is not None:
+            def packet_of(k: int, starts: np.ndarray = starts, ends: np.ndarray = ends,
+                          view: memoryview = view) -> bytes:
+                return b"".join((wire, view[starts[k]:ends[k]]))
+        elif keep_packets and len(record) == 1 and header.codec == "null" and len(sel) == 1:
+            def packet_of(k: int) -> bytes:  # a one-alert file (as ZTF ships): its bytes
+                return bytes(buf)
+        elif keep_packets:
+            def packet_of(k: int, starts: np.ndarray = starts, ends: np.ndarray = ends,
+                          view: memoryview = view) -> bytes:
+                body = view[starts[k]:ends[k]]
+                return b"".join((single, encode_long(1), encode_long(len(body)), body,
+                                 header.sync))
+        if schema_id is not None:
+            batch, errors = decode_body_buffer(data, starts, ends, schema_id, source_of,
+                                               packet_of=packet_of)
         else:
-            packets = [None] * len(records)
-        rows, errors = ztf_rows(records, sources, packets)
+            batch, errors = decode_ztf_roles(data, walked.ivals[sel], walked.fvals[sel],
+                                             walked.present[sel], source_of,
+                                             packet_of=packet_of)
+        for exc in errors:
+            exc.index = int(record[sel[exc.index]])
         yield from errors
-        yield from rows
-    else:
-        yield BadAlertError(f"{path}: Avro container of {name or 'unnamed'} records is neither "
-                            "a Rubin (lsst.vX_Y.alert) nor a ZTF (ztf.alert) alert file")
+        if len(batch):
+            yield batch
 
 
-def _records(blocks: Any) -> Iterator[dict[str, Any]]:
-    for block in blocks:
-        bio = block.bytes_
-        bio.seek(0)
-        for _ in range(block.num_records):
-            yield fastavro.schemaless_reader(bio, blocks.writer_schema, None)
+def _walk_errors(blocks: list[Block], walked: Walked, path: str) -> Iterator[BadAlertError]:
+    """One error per block whose records could not all be delimited (the rest of it is
+    lost), naming the first record that failed."""
+    first = 0
+    for b, status, pos in zip(blocks, walked.block_status.tolist(), walked.block_pos.tolist(),
+                              strict=True):
+        done = int(walked.ok[first:first + b.count].sum())
+        first += b.count
+        if status == OK:
+            continue
+        k = b.first_record + done
+        yield BadAlertError(f"corrupt Avro container record: {WALK_TEXT.get(status, status)} "
+                            f"at byte {pos - b.start} of its block (records "
+                            f"#{k}..#{b.first_record + b.count - 1} lost)",
+                            source=f"{path}#{k}", index=k)
 
 
 def _map_file(f: BinaryIO) -> np.ndarray:
@@ -190,36 +272,37 @@ def _wire_stream_items(f: BinaryIO, path: str, keep_packets: bool, chunk: int
 
         batch, errors = decode_buffer(buf, frames.starts[first:first + chunk],
                                       frames.ends[first:first + chunk], source_of,
-                                      keep_packets=keep_packets)
+                                      keep_packets=keep_packets, first_index=first)
         yield from errors
         if len(batch):
             yield batch
     if frames.flaw == 1:
-        yield BadAlertError(f"{path}#{n}: wire stream truncated in a length prefix")
+        yield BadAlertError("wire stream truncated in a length prefix", source=f"{path}#{n}",
+                            index=n, truncated=True)
     elif frames.flaw == 2:
-        yield BadAlertError(f"{path}#{n}: wire stream truncated ({frames.got} of "
-                            f"{frames.size} bytes)")
+        yield BadAlertError(f"wire stream truncated ({frames.got} of {frames.size} bytes)",
+                            source=f"{path}#{n}", index=n, truncated=True)
 
 
 def iter_file_items(path: str | Path, *, keep_packets: bool = True, chunk: int = 10_000
                     ) -> Iterator[AlertRow | AlertBatch | BadAlertError]:
-    """The packets of one alert file as decoded rows or batches (of at most ``chunk``
-    alerts, wire streams), and the :class:`BadAlertError` of each bad packet, in file order.
+    """The packets of one alert file as decoded rows or batches (of about ``chunk``
+    alerts: wire streams, container files), and the :class:`BadAlertError` of each bad
+    packet or container block, in file order.
 
-    An unreadable file or a corrupt container block yields one error and ends the file.
+    An unreadable file or container header yields one error and ends the file.
     """
     path = str(path)
     try:
         with open(path, "rb") as f:
             start = f.read(max(len(WIRE_STREAM_MAGIC), len(CONTAINER_MAGIC)))
             if start.startswith(CONTAINER_MAGIC):
-                f.seek(0)
                 try:
-                    yield from _container_rows(f, path, keep_packets)
-                except BadAlertError as exc:
+                    yield from _container_items(f, path, keep_packets, chunk)
+                except BadAlertError as exc:  # header, codec, schema
+                    if not exc.source:
+                        exc = BadAlertError(exc.reason, source=path)
                     yield exc
-                except Exception as exc:  # fastavro: bad header, sync marker, codec...
-                    yield BadAlertError(f"{path}: corrupt Avro container file: {exc!r}")
             elif start.startswith(WIRE_STREAM_MAGIC):
                 yield from _wire_stream_items(f, path, keep_packets, chunk)
             elif start[:1] == b"\x00":
@@ -227,12 +310,13 @@ def iter_file_items(path: str | Path, *, keep_packets: bool = True, chunk: int =
                 try:
                     yield decode_wire_row(f.read(), f"{path}#0", keep_packet=keep_packets)
                 except BadAlertError as exc:
+                    exc.index = 0
                     yield exc
             else:
-                yield BadAlertError(f"{path}: not an alert file (neither an Avro container, a "
-                                    "wire-format message nor a wire stream)")
+                yield BadAlertError("not an alert file (neither an Avro container, a "
+                                    "wire-format message nor a wire stream)", source=path)
     except OSError as exc:
-        yield BadAlertError(f"{path}: cannot read alert file: {exc}")
+        yield BadAlertError(f"cannot read alert file: {exc}", source=path)
 
 
 class _Rechunker:

@@ -113,7 +113,7 @@ class AlertConsumer:
             value = msg.value()
             try:
                 if value is None:
-                    raise BadAlertError(f"{source}: empty message (no value)")
+                    raise BadAlertError("empty message (no value)", source=str(source))
                 if self.schemas is None or len(value) < 5 or self.schemas.native(
                         int.from_bytes(value[1:5], "big")):
                     bulk.append((msg, source))
@@ -127,15 +127,9 @@ class AlertConsumer:
             decoded, errors = decode_wire_many([m.value() for m, _ in bulk],
                                                [str(s) for _, s in bulk],
                                                keep_packets=self.keep_packets)
-            by_source = {str(s): (m, s) for m, s in bulk}
-            for exc in errors:  # each message names its source first ("topic/p/o: ...")
-                text = str(exc)
-                hit = by_source.get(text.split(": ", 1)[0]) or next(
-                    (v for k, v in by_source.items() if f"{k}:" in text), None)
-                if hit is None:
-                    log.error("refused alert of unknown origin in this poll: %s", exc)
-                    continue
-                refused.append(Refused(hit[0].key(), hit[0].value(), hit[1], exc))
+            for exc in errors:  # exc.index: the message's position in ``bulk``
+                msg, source = bulk[exc.index]
+                refused.append(Refused(msg.key(), msg.value(), source, exc))
             batch = decoded if not rows else AlertBatch.concatenate([batch, decoded])
         if len(batch) > 1:
             order = np.argsort(batch.mjd_tai, kind="stable")

@@ -144,6 +144,6 @@ def get_schema(schema_id: int, *, source: str = "") -> RubinSchema:
         return _registry()[schema_id]
     except KeyError:
         raise BadAlertError(
-            f"{source or 'alert'}: unknown Rubin alert schema id {schema_id} "
-            f"(known: {', '.join(map(str, known_schema_ids()))})"
+            f"unknown Rubin alert schema id {schema_id} "
+            f"(known: {', '.join(map(str, known_schema_ids()))})", source=source or "alert"
         ) from None

@@ -25,7 +25,26 @@ class BadSkymapError(MmcrossError):
 
 
 class BadAlertError(MmcrossError):
-    """An optical alert packet that cannot be decoded (bad Avro, unknown schema id, ...)."""
+    """An optical alert packet that cannot be decoded (bad Avro, unknown schema id, ...).
+
+    Given ``source``, the message reads ``"<source>: <reason>"``.
+
+    Attributes:
+        reason: what was wrong, without the source.
+        source: where the packet came from (``"file.avro#3"``, ``"topic/0/1234"``), or ``""``.
+        index: position of the message in the batch decoded together, or of the record in
+            its file; ``None`` when not known (one packet, a whole file).
+        truncated: the packet ended before the decoder was done (a longer read of the same
+            message may decode).
+    """
+
+    def __init__(self, reason: str, *, source: str = "", index: int | None = None,
+                 truncated: bool = False) -> None:
+        super().__init__(f"{source}: {reason}" if source else reason)
+        self.reason = reason
+        self.source = source
+        self.index = index
+        self.truncated = truncated
 
 
 class BadCoordinatesError(MmcrossError):
