@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import KafkaError, KafkaException
 
 from mmcross.app.engine import Engine
+from mmcross.brokers.hop import HopReportSink
 from mmcross.brokers.vtp import BroadcasterSettings, VTPBroadcaster
+from mmcross.listeners.hop import HopListener
 from mmcross.listeners.partner_kafka import PartnerKafkaConsumer
 from mmcross.listeners.partners import PartnerRegistry
 from mmcross.listeners.vtp import VTPListener
@@ -47,7 +49,9 @@ class TransportSettings:
       VOEvents to VTP subscribers on ``host:port``;
     * ``[vtp.listen] servers`` non-empty (``--gcn-vtp``): GCN Classic over VTP in;
     * ``[submit.vtp] enabled`` (``--submit-port``): the partner VTP submission receiver;
-    * ``[submit.kafka] enabled``: the partner Kafka submission topic (Kafka mode only).
+    * ``[submit.kafka] enabled``: the partner Kafka submission topic (Kafka mode only);
+    * ``[hop.listen] urls`` non-empty: GCN notices from Hopskotch (hop-client) in;
+    * ``[hop.publish] url`` set: counterparts and retractions to a Hopskotch topic.
 
     ``submit_wait``: ``[submit.vtp] ack_wait``, seconds a partner's VTP submission waits for the
     service loop to apply it before the ack (a nak after that; resubmitting is harmless).
@@ -61,19 +65,26 @@ class TransportSettings:
     submit_kafka: bool = False
     submit_wait: float = 30.0
     stream_match_topic: str = "mmcross.partner-matches"
+    hop_listen: tuple[str, ...] = ()
+    hop_publish: str = ""
 
     @classmethod
     def from_config(cls, config: Config) -> TransportSettings:
         servers = config.get("vtp.listen.servers", []) or []
         if isinstance(servers, str):
             servers = [servers]
+        hop_urls = config.get("hop.listen.urls", []) or []
+        if isinstance(hop_urls, str):
+            hop_urls = [hop_urls]
         return cls(broadcast=bool(config.get("vtp.broadcast.enabled", False)),
                    gcn_vtp=tuple(str(s) for s in servers),
                    submit_vtp=bool(config.get("submit.vtp.enabled", False)),
                    submit_kafka=bool(config.get("submit.kafka.enabled", False)),
                    submit_wait=float(config.get("submit.vtp.ack_wait", 30.0)),
                    stream_match_topic=str(config.get("submit.kafka.stream_match_topic",
-                                                     "mmcross.partner-matches")))
+                                                     "mmcross.partner-matches")),
+                   hop_listen=tuple(str(u) for u in hop_urls),
+                   hop_publish=str(config.get("hop.publish.url", "") or ""))
 
 
 class _Pending:
@@ -178,6 +189,8 @@ class Transports:
         self.listener: VTPListener | None = None
         self.receiver: VTPReceiver | None = None
         self.partner_kafka: PartnerKafkaConsumer | None = None
+        self.hop_listener: HopListener | None = None
+        self.hop_sink: HopReportSink | None = None
         self.streams: PartnerStreamMatcher | None = None
         if any(p.stream for p in self.registry.partners.values()):
             self.streams = PartnerStreamMatcher(config, self.registry)
@@ -248,6 +261,12 @@ class Transports:
                     self.config, {**dict(kafka_props), "enable.auto.commit": False},
                     self._partner_submission, registry=self.registry,
                     on_detections=self.put_detections if self.streams is not None else None)
+
+        if s.hop_publish:
+            self.hop_sink = HopReportSink.from_config(self.config)
+            engine.sinks.append(self.hop_sink)
+        if s.hop_listen:
+            self.hop_listener = HopListener.from_config(self.config, self.inbox.put).start()
 
     def _partner_submission(self, event: Event) -> None:
         # Record the owner before the engine sees the event, so that counterparts found at
@@ -328,7 +347,7 @@ class Transports:
 
     def stop_inputs(self) -> None:
         """Stop the listener, the receiver and the partner consumer (not the broadcaster)."""
-        for name in ("listener", "receiver"):
+        for name in ("listener", "receiver", "hop_listener"):
             piece = getattr(self, name)
             if piece is not None:
                 piece.stop()
@@ -343,7 +362,8 @@ class Transports:
     def stats(self) -> dict[str, dict[str, int]]:
         """Counters of the running pieces (for logs and tests)."""
         out = {}
-        for name in ("broadcaster", "listener", "receiver", "partner_kafka", "streams"):
+        for name in ("broadcaster", "listener", "receiver", "partner_kafka", "streams",
+                     "hop_listener", "hop_sink"):
             piece = getattr(self, name)
             if piece is not None:
                 out[name] = dict(piece.stats)
