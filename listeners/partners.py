@@ -28,14 +28,14 @@ import hashlib
 import hmac
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from mmcross.model.config import Config
-from mmcross.model.errors import ConfigError, RefusedSubmissionError
+from mmcross.model.errors import ConfigError
 from mmcross.model.match import Match
+from mmcross.vtp.receiver import SubmissionRefusedError, TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +50,6 @@ DEFAULTS: dict[str, Any] = {
     "rate": 1.0,
     "burst": 20,
 }
-
-
-class SubmissionRefusedError(RefusedSubmissionError):
-    """A refused submission with a short machine-readable ``reason`` (the stats counter name).
-
-    Reasons: ``unknown_partner``, ``bad_credential``, ``oversized``, ``format_not_allowed``,
-    ``rate_limited``, ``host_not_allowed``, ``refused_doctype``, ``unparsable``,
-    ``bad_notice``, ``not_an_event``.
-    """
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def hash_token(token: str | bytes) -> str:
@@ -88,34 +75,6 @@ def sniff_format(payload: bytes) -> str:
     """``"voevent"`` (XML), ``"json"``, or ``""`` for anything else."""
     head = payload.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
     return {b"<": "voevent", b"{": "json"}.get(head, "")
-
-
-class TokenBucket:
-    """A token bucket: ``rate`` tokens per second up to ``burst``; thread-safe.
-
-    ``clock`` (seconds, monotonic) is injectable for tests.
-    """
-
-    def __init__(self, rate: float, burst: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if rate < 0 or burst < 1:
-            raise ConfigError(f"token bucket needs rate >= 0 /s and burst >= 1, got "
-                              f"{rate!r}, {burst!r}")
-        self.rate, self.burst, self.clock = float(rate), float(burst), clock
-        self._tokens = float(burst)
-        self._last = clock()
-        self._lock = threading.Lock()
-
-    def take(self, n: float = 1.0) -> bool:
-        """Take ``n`` tokens if available; False (nothing taken) otherwise."""
-        with self._lock:
-            now = self.clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-            if self._tokens >= n:
-                self._tokens -= n
-                return True
-            return False
 
 
 @dataclass

@@ -1,11 +1,9 @@
-"""VTP submission receiver: partners push VOEvents in, each answered with ack or nak.
+"""Partner submissions over VTP: the receiver role of :mod:`mmcross.vtp.receiver` plus partner
+authentication and notice parsing.
 
-The receiver role of the VOEvent Transport Protocol (as Comet's ``VOEventReceiver``): a partner
-connects and sends 4-byte big-endian length-framed VOEvents; each is answered with a
-``Transport`` ``ack``, or a ``nak`` whose ``Meta/Result`` says why. Unlike Comet's one-shot
-receiver the connection may carry several submissions (a one-shot sender such as
-``comet-sendvo`` simply closes after its answer); it is closed after ``idle_timeout`` seconds of
-silence.
+The receiver role (:class:`mmcross.vtp.receiver.Receiver`) frames, rate-limits per connection,
+parses safely and acks or naks; this module is its :class:`~mmcross.vtp.receiver.SubmissionHandler`
+for partners.
 
 VTP has no authentication; the scheme (see :mod:`mmcross.listeners.partners`) is: the VOEvent's
 IVORN authority must be registered by a partner AND the packet carries that partner's token in
@@ -16,34 +14,25 @@ or re-broadcast. A frame may also hold a GCN-unified-schema JSON notice (a mmcro
 of VTP) carrying ``"mmcross_partner": NAME`` and ``"mmcross_token": TOKEN`` at its top level
 (both removed before parsing); its ack/nak ``Origin`` is ``json:<partner>:<id>``.
 
-Checks, in order, each refusal logged with the peer and counted in :attr:`stats`:
+Checks, in order, each refusal logged with the peer and counted in :attr:`VTPReceiver.stats`:
 
-1. frame length above ``max_frame_bytes``: nak, connection closed (payload never read);
-2. per-connection token bucket (all frames, before any parsing): nak ``rate_limited``;
-   ``max_refusals`` refusals in a row close the connection;
-3. XML parsed by :func:`mmcross.vtp.base.safe_xml` (no entities, no DTD, no network;
-   a DOCTYPE is refused): nak;
-4. credential (authority + token): nak ``authentication failed`` (the same text for unknown
+1. the receiver role's limits: frame size (``oversized_frames``), per-connection token bucket
+   (``rate_limited``), safe XML (``refused_doctype``, ``unparsable``, ``not_voevent``);
+2. credential (authority + token): nak ``authentication failed`` (the same text for unknown
    authority and wrong token), nothing reaches the callback;
-5. the partner's own size cap, formats and token bucket;
-6. :func:`mmcross.listeners.parse_notice` (the schema check): nak with the parser's message.
+3. the partner's own size cap, formats and token bucket;
+4. :func:`mmcross.listeners.parse_notice` (the schema check): nak with the parser's message.
 
 Accepted events get ``source = "partner:<name> vtp://<host:port> <ivorn>"``, are recorded in
 the :class:`~mmcross.listeners.partners.PartnerRegistry` (for the partner's counterpart
-subscription)
-and handed to ``callback`` (e.g. ``engine.on_notice``) under ``lock``; the ack is sent once the
-callback returned. Connections are handled by one thread each, at most ``max_connections`` in
-all and ``max_connections_per_host`` per address, so one flooding peer cannot starve another.
+subscription) and handed to ``callback`` (e.g. ``engine.on_notice``) under ``lock``; the ack is
+sent once the callback returned.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import socket
-import threading
-from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -58,35 +47,22 @@ from mmcross.listeners.partners import (
     Partner,
     PartnerRegistry,
     SubmissionRefusedError,
-    TokenBucket,
     sniff_format,
 )
 from mmcross.model.config import Config, notice_options
 from mmcross.model.errors import MmcrossError, NotAnEventError
 from mmcross.model.event import Event
-from mmcross.vtp.base import LENGTH, frame, safe_xml, transport_message
+from mmcross.vtp.receiver import Receiver, Submission
 
 log = logging.getLogger(__name__)
 
 DEFAULT_IVORN = "ivo://mmcross/receiver"
-
-
-def nak_message(origin: str, response: str, result: str) -> bytes:
-    """A ``Transport`` nak with ``Meta/Result`` = ``result`` (as Comet's ``Nak``)."""
-    root = etree.fromstring(transport_message("nak", origin, response))
-    meta = etree.SubElement(root, "Meta")
-    etree.SubElement(meta, "Result").text = result
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
-
-
-def ack_message(origin: str, response: str) -> bytes:
-    """A ``Transport`` ack of the VOEvent ``origin``."""
-    return transport_message("ack", origin, response)
+AUTH_REASONS = ("unknown_partner", "bad_credential", "host_not_allowed")
 
 
 @dataclass(frozen=True)
 class ReceiverSettings:
-    """Where and how to receive partner submissions.
+    """Where and how to receive partner submissions (``[submit.vtp]``).
 
     Attributes:
         host, port: listening address (port 0 = any free port; see :attr:`VTPReceiver.port`).
@@ -96,18 +72,20 @@ class ReceiverSettings:
         rate, burst: per-connection token bucket of frames (per second, burst size).
         max_refusals: consecutive refused frames after which the connection is closed.
         max_connections, max_connections_per_host: concurrent connection limits.
+
+    The defaults are the receiver role's (:class:`mmcross.vtp.receiver.Receiver`).
     """
 
     host: str = "127.0.0.1"
     port: int = 8098
     ivorn: str = DEFAULT_IVORN
-    max_frame_bytes: int = 1 << 20
-    idle_timeout: float = 20.0
-    rate: float = 5.0
-    burst: float = 20.0
-    max_refusals: int = 50
-    max_connections: int = 64
-    max_connections_per_host: int = 8
+    max_frame_bytes: int = Receiver.MAX_FRAME_BYTES
+    idle_timeout: float = Receiver.IDLE_TIMEOUT
+    rate: float = Receiver.RATE
+    burst: float = Receiver.BURST
+    max_refusals: int = Receiver.MAX_REFUSALS
+    max_connections: int = Receiver.MAX_CONNECTIONS
+    max_connections_per_host: int = Receiver.MAX_CONNECTIONS_PER_HOST
 
     @classmethod
     def from_config(cls, config: Config, **overrides: Any) -> ReceiverSettings:
@@ -118,16 +96,8 @@ class ReceiverSettings:
         return cls(**values)
 
 
-class _TruncatedError(Exception):
-    """The peer closed or went silent inside a frame."""
-
-
-class _ClosedError(Exception):
-    """The peer closed between frames."""
-
-
 class VTPReceiver:
-    """A VTP submission receiver in background threads.
+    """The partner submission receiver: the VTP receiver role with partner authentication.
 
     Args:
         settings: address and limits.
@@ -136,12 +106,12 @@ class VTPReceiver:
         options: keyword arguments of :func:`mmcross.listeners.parse_notice`.
         lock: held around each ``callback`` call when given.
 
-    ``stats`` counts ``connections``, ``refused_connections``, ``frames``, ``accepted``,
-    ``refused`` (all refusals) and one counter per refusal reason: ``oversized_frames``,
-    ``truncated_frames``, ``rate_limited``, ``refused_doctype``, ``unparsable``,
-    ``not_voevent``, ``unknown_partner``, ``bad_credential``, ``host_not_allowed``,
-    ``oversized``, ``format_not_allowed``, ``bad_notice``, ``not_an_event``,
-    ``callback_errors``.
+    ``stats`` (the role's counters) counts ``connections``, ``refused_connections``,
+    ``frames``, ``accepted``, ``refused`` (all refusals) and one counter per refusal reason:
+    ``oversized_frames``, ``truncated_frames``, ``rate_limited``, ``refused_doctype``,
+    ``unparsable``, ``not_voevent``, ``unknown_partner``, ``bad_credential``,
+    ``host_not_allowed``, ``oversized``, ``format_not_allowed``, ``bad_notice``,
+    ``not_an_event``; ``handler_errors`` counts failing callbacks (nak, retry later).
     """
 
     def __init__(self, settings: ReceiverSettings, registry: PartnerRegistry,
@@ -152,19 +122,20 @@ class VTPReceiver:
         self.callback = callback
         self.options = dict(options or {})
         self.lock: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
-        self.stats: Counter[str] = Counter()
-        self._stats_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._server: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._conns: dict[socket.socket, str] = {}
-        self._conns_lock = threading.Lock()
+        self.role = Receiver(self._accept, host=settings.host, port=settings.port,
+                             ivorn=settings.ivorn, idle_timeout=settings.idle_timeout,
+                             max_frame_bytes=settings.max_frame_bytes, rate=settings.rate,
+                             burst=settings.burst, max_refusals=settings.max_refusals,
+                             max_connections=settings.max_connections,
+                             max_connections_per_host=settings.max_connections_per_host)
+        self.stats = self.role.stats
 
     @classmethod
     def from_config(cls, config: Config, callback: Callable[[Event], object], *,
                     registry: PartnerRegistry | None = None,
                     lock: AbstractContextManager[Any] | None = None,
                     **overrides: Any) -> VTPReceiver:
+        """Settings from ``[submit.vtp]``, partners from ``[partners.*]`` unless given."""
         return cls(ReceiverSettings.from_config(config, **overrides),
                    registry if registry is not None else PartnerRegistry.from_config(config),
                    callback, options=notice_options(config), lock=lock)
@@ -172,37 +143,16 @@ class VTPReceiver:
     @property
     def port(self) -> int:
         """The port actually listened on (after :meth:`start`)."""
-        return self._server.getsockname()[1] if self._server else self.settings.port
-
-    def count(self, key: str, n: int = 1) -> None:
-        with self._stats_lock:
-            self.stats[key] += n
-
-    # -- life cycle --------------------------------------------------------------------
+        return self.role.port
 
     def start(self) -> VTPReceiver:
-        """Bind, listen and accept in a daemon thread."""
-        server = socket.create_server((self.settings.host, self.settings.port), backlog=64)
-        server.settimeout(0.2)
-        self._server = server
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True,
-                                        name="mmcross-vtp-receiver")
-        self._thread.start()
-        log.info("VTP submission receiver on %s:%d", self.settings.host, self.port)
+        """Listen and accept in background threads."""
+        self.role.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting, close every connection, wait for the accept thread."""
-        self._stop.set()
-        with self._conns_lock:
-            for conn in list(self._conns):
-                with _suppress_os():
-                    conn.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self._server is not None:
-            self._server.close()
+        """Stop accepting, close every connection."""
+        self.role.stop(timeout)
 
     close = stop
 
@@ -212,128 +162,27 @@ class VTPReceiver:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _accept_loop(self) -> None:
-        assert self._server is not None
-        while not self._stop.is_set():
-            try:
-                conn, addr = self._server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    return
-                continue
-            host = str(addr[0])
-            with self._conns_lock:
-                per_host = sum(1 for h in self._conns.values() if h == host)
-                full = (len(self._conns) >= self.settings.max_connections
-                        or per_host >= self.settings.max_connections_per_host)
-                if not full:
-                    self._conns[conn] = host
-            if full:
-                self.count("refused_connections")
-                log.warning("refused connection from %s: too many connections", host)
-                conn.close()
-                continue
-            self.count("connections")
-            threading.Thread(target=self._serve, args=(conn, f"{host}:{addr[1]}", host),
-                             daemon=True, name=f"mmcross-vtp-submit-{host}:{addr[1]}").start()
+    # -- the handler ---------------------------------------------------------------------
 
-    # -- one connection ----------------------------------------------------------------
-
-    def _serve(self, conn: socket.socket, peer: str, host: str) -> None:
-        conn.settimeout(self.settings.idle_timeout)
-        bucket = TokenBucket(self.settings.rate, self.settings.burst)
-        refusals = 0
-        try:
-            while not self._stop.is_set():
-                (length,) = LENGTH.unpack(self._recv_exact(conn, LENGTH.size, False))
-                self.count("frames")
-                if length > self.settings.max_frame_bytes:
-                    self._refuse(conn, peer, "", SubmissionRefusedError(
-                        "oversized_frames", f"frame of {length} bytes exceeds the receiver's "
-                        f"limit of {self.settings.max_frame_bytes}"))
-                    return
-                payload = self._recv_exact(conn, length, True)
-                if not bucket.take():
-                    self._refuse(conn, peer, "", SubmissionRefusedError(
-                        "rate_limited", "rate limit exceeded on this connection"))
-                    refusals += 1
-                else:
-                    refusals = 0 if self._handle(conn, peer, host, payload) else refusals + 1
-                if refusals >= self.settings.max_refusals:
-                    log.warning("closing submission connection from %s after %d refusals in "
-                                "a row", peer, refusals)
-                    return
-        except _TruncatedError:
-            self.count("truncated_frames")
-            self.count("refused")
-            log.warning("submission from %s truncated (peer closed or silent inside a frame)",
-                        peer)
-        except _ClosedError:
-            log.debug("submission connection from %s closed", peer)
-        except OSError as exc:
-            self.count("socket_errors")
-            log.warning("submission connection from %s failed: %s", peer, exc)
-        finally:
-            with self._conns_lock:
-                self._conns.pop(conn, None)
-            conn.close()
-
-    def _recv_exact(self, conn: socket.socket, n: int, in_frame: bool) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            try:
-                chunk = conn.recv(min(n - len(buf), 1 << 16))
-            except TimeoutError:
-                if in_frame or buf:
-                    raise _TruncatedError from None
-                raise _ClosedError from None
-            if not chunk:
-                if in_frame or buf:
-                    raise _TruncatedError
-                raise _ClosedError
-            buf += chunk
-        return bytes(buf)
-
-    def _refuse(self, conn: socket.socket, peer: str, ivorn: str,
-                exc: SubmissionRefusedError) -> None:
-        self.count(exc.reason)
-        self.count("refused")
-        log.warning("refused submission %sfrom %s: %s", f"{ivorn} " if ivorn else "", peer, exc)
-        public = "authentication failed" if exc.reason in (
-            "unknown_partner", "bad_credential", "host_not_allowed") else str(exc)
-        with _suppress_os():
-            conn.sendall(frame(nak_message(ivorn or "unknown", self.settings.ivorn,
-                                           f"{exc.reason}: {public}")))
-
-    def _handle(self, conn: socket.socket, peer: str, host: str, payload: bytes) -> bool:
-        """Check, parse and pass on one frame; True when accepted."""
+    def _accept(self, submission: Submission) -> str:
+        """Authenticate, check and parse one submission, then hand it on; its Origin."""
         origin = ""
         try:
-            if sniff_format(payload) == "json":
-                partner, clean, origin = self._check_json(payload, host)
-            else:
-                root = _parse(payload)
-                name = etree.QName(root).localname
-                if name == "Transport":
-                    if root.get("role") == "iamalive":
-                        conn.sendall(frame(transport_message(
-                            "iamalive", root.findtext("Origin") or "", self.settings.ivorn)))
-                        return True
-                    raise SubmissionRefusedError(
-                        "not_voevent", f"unexpected Transport role {root.get('role')!r}")
-                origin = root.get("ivorn") or ""
-                if name != "VOEvent" or not origin:
-                    raise SubmissionRefusedError(
-                        "not_voevent", f"root <{name}> is not a VOEvent with an ivorn")
-                partner = self.registry.authenticate_ivorn(origin, _pop_token(root), host)
+            if submission.packet is not None:
+                root = submission.packet.root
+                origin = submission.packet.ivorn
+                partner = self.registry.authenticate_ivorn(origin, _pop_token(root),
+                                                           submission.host)
                 clean = etree.tostring(root, xml_declaration=True, encoding="UTF-8")
-            partner.check_payload(payload)
+            elif sniff_format(submission.payload) == "json":
+                partner, clean, origin = self._check_json(submission.payload, submission.host)
+            else:
+                raise SubmissionRefusedError("unparsable", "neither XML nor a JSON object")
+            partner.check_payload(submission.payload)
             if not partner.bucket.take():
                 raise SubmissionRefusedError(
                     "rate_limited", f"rate limit of partner {partner.name!r} exceeded")
-            source = f"partner:{partner.name} vtp://{peer} {origin}"
+            source = f"partner:{partner.name} vtp://{submission.peer} {origin}"
             try:
                 event = parse_notice(clean, source=source, **self.options)
             except NotAnEventError as exc:
@@ -341,24 +190,15 @@ class VTPReceiver:
             except MmcrossError as exc:
                 raise SubmissionRefusedError("bad_notice", str(exc)) from exc
         except SubmissionRefusedError as exc:
-            self._refuse(conn, peer, origin, exc)
-            return False
-        try:
-            with self.lock:
-                self.callback(event)
-        except Exception:  # noqa: BLE001 - a failing consumer must not stop the receiver
-            self.count("callback_errors")
-            log.exception("submission callback failed on %s from %s", event.event_id, peer)
-            conn.sendall(frame(nak_message(origin, self.settings.ivorn,
-                                           "internal error: not accepted, retry later")))
-            return False
+            raise SubmissionRefusedError(
+                exc.reason, str(exc), exc.origin or origin,
+                "authentication failed" if exc.reason in AUTH_REASONS else exc.reply) from exc
+        with self.lock:
+            self.callback(event)
         self.registry.record_event(partner.name, event.event_id)
-        self.count("accepted")
         log.info("accepted %s (%s) from partner %s at %s", event.event_id, origin, partner.name,
-                 peer)
-        conn.sendall(frame(ack_message(origin, self.settings.ivorn)))
-        return True
-
+                 submission.peer)
+        return origin
 
     def _check_json(self, payload: bytes, host: str) -> tuple[Partner, bytes, str]:
         """Authenticate a JSON submission; (partner, JSON without credentials, origin)."""
@@ -374,27 +214,9 @@ class VTPReceiver:
         return partner, json.dumps(doc).encode(), origin
 
 
-def _parse(payload: bytes) -> Any:
-    try:
-        return safe_xml(payload)
-    except ValueError as exc:
-        raise SubmissionRefusedError("refused_doctype", "XML with a DOCTYPE (entity "
-                                "declarations) is refused") from exc
-    except etree.XMLSyntaxError as exc:
-        if b"<!DOCTYPE" in payload:  # e.g. an undeclared (external) entity in an attribute
-            raise SubmissionRefusedError("refused_doctype", "XML with a DOCTYPE (entity "
-                                         f"declarations) is refused: {exc}") from exc
-        raise SubmissionRefusedError("unparsable", f"not well-formed XML: {exc}") from exc
-
-
 def _pop_token(root: Any) -> str | None:
     """Remove every ``mmcross_token`` Param from the tree; the first one's value."""
     params = [p for p in root.iter("{*}Param") if p.get("name") == TOKEN_PARAM]
     for param in params:
         param.getparent().remove(param)
     return params[0].get("value") if params else None
-
-
-def _suppress_os() -> contextlib.suppress:
-    """Ignore OSError (the peer may already be gone when we answer)."""
-    return contextlib.suppress(OSError)

@@ -43,6 +43,7 @@ from mmcross.model.match import Match
 from mmcross.vtp.base import frame, transport_message
 from tests.helpers import (
     BAT,
+    GBM_NOTICE,
     GOOD_TOKEN,
     INTEGRAL,
     PYGCN_SUBSCRIBER,
@@ -52,8 +53,8 @@ from tests.helpers import (
     submit,
     with_token,
 )
-from tests.test_vtp import GBM
 
+GBM = GBM_NOTICE
 PRELIMINARY = "gcn/json/userguide/MS181101ab-preliminary.json"
 RETRACTION = "gcn/json/userguide/MS181101ab-retraction.json"
 WAIT = 60.0  # seconds: bound of every wait, never an assertion on speed

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +34,17 @@ from mmcross.listeners import parse_notice
 from mmcross.listeners.vtp import VTPListener, VTPListenerSettings, parse_host_port
 from mmcross.model.config import Config, notice_options
 from mmcross.model.errors import BadNoticeError, ConfigError
-from mmcross.vtp.base import transport_message
+from mmcross.vtp.base import (
+    BadPacketError,
+    ConnectionClosedError,
+    FrameDecoder,
+    FramedSocket,
+    FrameTooLargeError,
+    nak,
+    read_packet,
+    transport_message,
+)
+from mmcross.vtp.subscriber import Subscriber
 from tests.helpers import PYGCN_SUBSCRIBER, free_port, make_match
 
 GCN = "gcn/voevent/fink-mm-kafka-2024-01"
@@ -147,6 +158,142 @@ def test_subscription_filter_keeps_central_unlikely_chance_matches():
 def test_entity_expansion_is_refused_by_parse_notice():
     with pytest.raises(BadNoticeError):
         parse_notice(BILLION_LAUGHS, source="test")
+
+
+# -- the protocol base (mmcross.vtp.base) ---------------------------------------------------
+
+
+class ScriptedSocket:
+    """A stand-in for a connected socket whose ``recv`` returns scripted chunks, then EOF."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = list(chunks)
+        self.recv_calls = 0
+
+    def settimeout(self, _timeout: float) -> None:
+        pass
+
+    def recv(self, _n: int) -> bytes:
+        self.recv_calls += 1
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+def test_frame_decoder_gives_exact_frames_at_every_split():
+    first, second = b"<Transport role='iamalive'/>", b"x" * 300
+    stream = struct.pack("!I", len(first)) + first + struct.pack("!I", len(second)) + second
+    for i in range(len(stream) + 1):
+        for j in (i, (i + len(stream)) // 2, len(stream)):
+            decoder = FrameDecoder(max_bytes=1024)
+            got = [*decoder.feed(stream[:i]), *decoder.feed(stream[i:j]),
+                   *decoder.feed(stream[j:])]
+            assert got == [first, second], (i, j)
+            assert not decoder.partial
+    decoder = FrameDecoder(max_bytes=1024)
+    assert decoder.feed(stream[:3]) == [] and decoder.partial  # inside the length prefix
+
+
+def test_framed_socket_reads_a_frame_split_into_single_bytes_then_sees_the_close():
+    payload = b"<VOEvent ivorn='ivo://x/y#1'/>"
+    sock = ScriptedSocket([bytes([b]) for b in frame(payload) + frame(b"")])
+    conn = FramedSocket(sock, "peer:1", max_frame_bytes=1024, idle_timeout=WAIT)
+    assert conn.read_frame() == payload
+    assert conn.read_frame() == b""  # an empty frame is a frame
+    with pytest.raises(ConnectionClosedError) as info:
+        conn.read_frame()
+    assert (info.value.reason, info.value.partial, info.value.peer) == ("closed", False,
+                                                                        "peer:1")
+
+
+def test_oversize_length_prefix_is_refused_before_reading_or_allocating_the_payload():
+    endless = ScriptedSocket([struct.pack("!I", 0xFFFFFFFF)] + [b"a" * 65536] * 100)
+    conn = FramedSocket(endless, "peer:2", max_frame_bytes=1 << 20, idle_timeout=WAIT)
+    tracemalloc.start()
+    try:
+        with pytest.raises(FrameTooLargeError) as info:
+            conn.read_frame()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (info.value.length, info.value.limit) == (0xFFFFFFFF, 1 << 20)
+    assert endless.recv_calls == 1  # refused on the prefix: nothing of the 4 GB was read
+    assert peak < 1 << 20  # and nothing near it allocated
+
+
+def test_closed_connection_inside_a_frame_is_partial_and_silence_or_stop_end_reads():
+    a, b = socket.socketpair()
+    with a, b:
+        b.sendall(struct.pack("!I", 100) + b"only ten b")
+        b.close()
+        conn = FramedSocket(a, "peer:3", max_frame_bytes=1024, idle_timeout=WAIT)
+        with pytest.raises(ConnectionClosedError) as info:
+            conn.read_frame()
+        assert (info.value.reason, info.value.partial) == ("closed", True)
+    a, b = socket.socketpair()
+    with a, b:  # the peer says nothing: silent after the idle timeout
+        conn = FramedSocket(a, "peer:4", max_frame_bytes=1024, idle_timeout=0.05)
+        with pytest.raises(ConnectionClosedError) as info:
+            conn.read_frame()
+        assert (info.value.reason, info.value.partial) == ("silent", False)
+        stop = threading.Event()
+        stop.set()
+        conn = FramedSocket(a, "peer:4", max_frame_bytes=1024, idle_timeout=WAIT, stop=stop)
+        with pytest.raises(ConnectionClosedError) as info:
+            conn.read_frame()
+        assert info.value.reason == "stopped"
+
+
+def test_read_packet_classifies_and_refuses_with_a_reason():
+    alive = read_packet(transport_message("iamalive", "ivo://broker"))
+    assert (alive.kind, alive.role, alive.origin, alive.ivorn) == (
+        "Transport", "iamalive", "ivo://broker", "")
+    refusal = read_packet(nak("ivo://a/b#1", "ivo://me", "bad_notice: no position"))
+    assert refusal.role == "nak" and refusal.result == "bad_notice: no position"
+    assert etree.fromstring(refusal.payload).findtext("Meta/Result") == "bad_notice: no position"
+    event = read_packet(b"<VOEvent ivorn='ivo://a/b#2' role='test'/>")
+    assert (event.kind, event.role, event.ivorn) == ("VOEvent", "test", "ivo://a/b#2")
+    for payload, reason in [(BILLION_LAUGHS, "refused_doctype"), (b"<not-xml", "unparsable"),
+                            (b"<VOEvent role='test'/>", "not_voevent"),
+                            (b"<html/>", "not_voevent")]:
+        with pytest.raises(BadPacketError) as info:
+            read_packet(payload, "peer:5")
+        assert info.value.reason == reason and info.value.peer == "peer:5"
+
+
+def test_subscriber_role_answers_iamalive_split_across_tcp_segments_and_acks_voevents():
+    """A raw TCP broker sends an iamalive one byte per segment, then a VOEvent."""
+    voevent = b"<VOEvent ivorn='ivo://broker.test/x#1' role='observation'/>"
+    replies: list[bytes] = []
+    seen: list[tuple[bytes, str]] = []
+    done = threading.Event()
+
+    def broker(conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for byte in frame(transport_message("iamalive", "ivo://broker.test")):
+            conn.sendall(bytes([byte]))
+        replies.append(read_frame(conn))
+        conn.sendall(frame(voevent))
+        replies.append(read_frame(conn))
+        done.wait(WAIT)
+
+    server = ScriptedServer([broker])
+    role = Subscriber([("127.0.0.1", server.port)],
+                      lambda packet, peer: seen.append((packet.payload, peer)),
+                      ivorn="ivo://mmcross-test/role", backoff_min=0.05, backoff_max=0.1)
+    role.start()
+    try:
+        wait_until(lambda: seen, "the VOEvent at the handler")
+    finally:
+        done.set()
+        role.stop()
+        server.close()
+    assert not server.errors
+    alive, acked = (etree.fromstring(r) for r in replies)
+    assert alive.get("role") == "iamalive"
+    assert alive.findtext("Origin") == "ivo://broker.test"
+    assert alive.findtext("Response") == "ivo://mmcross-test/role"
+    assert acked.get("role") == "ack" and acked.findtext("Origin") == "ivo://broker.test/x#1"
+    assert seen == [(voevent, f"127.0.0.1:{server.port}")]
+    assert role.stats["iamalive"] == 1 and role.stats["voevents"] == 1
 
 
 # -- GCN Classic over VTP in ---------------------------------------------------------------

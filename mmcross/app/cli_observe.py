@@ -36,7 +36,7 @@ def _source_from_args(args: argparse.Namespace):
     from mmcross.app.observe import KafkaSubscriber, VTPSubscriber, kafka_subscriber_config
 
     if args.vtp:
-        from mmcross.listeners.vtp import parse_host_port
+        from mmcross.vtp.subscriber import parse_host_port
 
         host, port = parse_host_port(args.vtp)
         return VTPSubscriber(host, port)

@@ -2,11 +2,10 @@
 
 Two sources give the same :class:`Received` items:
 
-- :class:`VTPSubscriber`: a VOEvent Transport Protocol subscriber of mmcross's broadcaster
-  (:mod:`mmcross.brokers.vtp`): 4-byte big-endian length-framed XML, ``iamalive`` answered with an
-  ``iamalive``, every VOEvent acknowledged with an ``ack`` (as Comet's subscriber does), the
-  counterpart or retraction VOEvent turned back into a :class:`~mmcross.model.match.Match` from its
-  ``What`` Params (:func:`match_from_voevent`); reconnects with back-off.
+- :class:`VTPSubscriber`: the VTP subscriber role (:mod:`mmcross.vtp.subscriber`: iamalive
+  answered, every VOEvent acknowledged, reconnect with back-off) on mmcross's broadcaster
+  (:mod:`mmcross.brokers.vtp`), each counterpart or retraction VOEvent turned back into a
+  :class:`~mmcross.model.match.Match` from its ``What`` Params (:func:`match_from_voevent`).
 - :class:`KafkaSubscriber`: Avro match reports (``mmcross.match_report``) from a Kafka topic,
   decoded by :func:`mmcross.brokers.reports.match_from_avro`.
 
@@ -20,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
+import queue
 import threading
 import time
 import uuid
@@ -38,7 +37,8 @@ from mmcross.brokers.voevent_out import counterpart_voevent, retraction_voevent
 from mmcross.brokers.vtp import SubscriptionFilter
 from mmcross.model.errors import BadNoticeError
 from mmcross.model.match import Match
-from mmcross.vtp.base import LENGTH, frame, safe_xml, transport_message
+from mmcross.vtp.base import Packet, safe_xml
+from mmcross.vtp.subscriber import Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -133,16 +133,12 @@ def format_counterpart(match: Match) -> str:
 # -- VTP -------------------------------------------------------------------------------------
 
 
-class _ClosedError(Exception):
-    """The peer closed the connection."""
-
-
-class _StopError(Exception):
-    """Stop requested or deadline passed."""
-
-
 class VTPSubscriber:
     """A VTP subscriber of counterpart notices (mmcross's broadcaster, or any VTP broker).
+
+    The subscriber role of :mod:`mmcross.vtp.subscriber` (iamalive answered, every VOEvent
+    acknowledged, reconnect with back-off) whose handler turns each VOEvent into a
+    :class:`Received` with :func:`match_from_voevent`.
 
     Args:
         host, port: the broadcaster's address.
@@ -153,129 +149,53 @@ class VTPSubscriber:
         connect_timeout: seconds per connection attempt.
         backoff_min, backoff_max: reconnect delay bounds, seconds (doubling).
 
-    ``stats`` counts ``connections``, ``connect_failures``, ``packets``, ``iamalive``,
-    ``acks_sent``, ``counterparts``, ``not_counterparts``, ``unparsable``, ``oversized``.
+    ``stats`` holds the role's counters (``connections``, ``connect_failures``, ``packets``,
+    ``iamalive``, ``voevents`` (acknowledged), ``unparsable``, ``oversized_frames``...) and
+    this handler's ``counterparts`` and ``not_counterparts``.
     """
 
+    BACKOFF_MIN = 0.5  # s: an observer reconnects sooner than a GCN listener
+    BACKOFF_MAX = 60.0  # s
+
     def __init__(self, host: str, port: int, *, ivorn: str = DEFAULT_IVORN,
-                 max_packet_bytes: int = 1 << 20, iamalive_timeout: float = 150.0,
-                 connect_timeout: float = 10.0, backoff_min: float = 0.5,
-                 backoff_max: float = 60.0) -> None:
+                 max_packet_bytes: int = Subscriber.MAX_FRAME_BYTES,
+                 iamalive_timeout: float = Subscriber.IAMALIVE_TIMEOUT,
+                 connect_timeout: float = Subscriber.CONNECT_TIMEOUT,
+                 backoff_min: float = BACKOFF_MIN, backoff_max: float = BACKOFF_MAX) -> None:
         self.host, self.port = host, int(port)
-        self.ivorn = ivorn
-        self.max_packet_bytes = max_packet_bytes
-        self.iamalive_timeout = iamalive_timeout
-        self.connect_timeout = connect_timeout
-        self.backoff_min, self.backoff_max = backoff_min, backoff_max
-        self.stats: Counter[str] = Counter()
-        self._peer = f"{host}:{port}"
+        self.role = Subscriber([(host, self.port)], self._on_voevent, ivorn=ivorn,
+                               iamalive_timeout=iamalive_timeout,
+                               connect_timeout=connect_timeout, backoff_min=backoff_min,
+                               backoff_max=backoff_max, max_frame_bytes=max_packet_bytes)
+        self.stats = self.role.stats
+        self._received: queue.SimpleQueue[Received] = queue.SimpleQueue()
 
     def receive(self, stop: threading.Event,
                 deadline: float | None = None) -> Iterator[Received]:
         """Counterpart notices until ``stop`` is set or ``time.monotonic()`` passes
         ``deadline``; each VOEvent is acknowledged before it is yielded."""
-        backoff = self.backoff_min
-        while not _done(stop, deadline):
-            try:
-                sock = socket.create_connection((self.host, self.port), self.connect_timeout)
-            except OSError as exc:
-                self.stats["connect_failures"] += 1
-                log.warning("cannot connect to VTP broadcaster %s (%s); retry in %.1f s",
-                            self._peer, exc, backoff)
-                if _wait(stop, deadline, backoff):
-                    return
-                backoff = min(2 * backoff, self.backoff_max)
-                continue
-            self.stats["connections"] += 1
-            log.info("subscribed to VTP broadcaster %s", self._peer)
-            packets_before = self.stats["packets"]
-            try:
-                yield from self._session(sock, stop, deadline)
-            finally:
-                sock.close()
-            if self.stats["packets"] > packets_before:
-                backoff = self.backoff_min
-            if _wait(stop, deadline, backoff):
-                return
-            backoff = min(2 * backoff, self.backoff_max)
-
-    def _session(self, sock: socket.socket, stop: threading.Event,
-                 deadline: float | None) -> Iterator[Received]:
-        sock.settimeout(_POLL_S)
-        last_rx = [time.monotonic()]
+        self.role.start("mmcross-observer-vtp")
         try:
-            while True:
-                (length,) = LENGTH.unpack(self._recv(sock, LENGTH.size, stop, deadline, last_rx))
-                if length > self.max_packet_bytes:
-                    self.stats["oversized"] += 1
-                    log.warning("VTP broadcaster %s announced a %d-byte packet (limit %d): "
-                                "reconnecting", self._peer, length, self.max_packet_bytes)
-                    return
-                payload = self._recv(sock, length, stop, deadline, last_rx)
-                self.stats["packets"] += 1
-                item = self._handle(sock, payload)
-                if item is not None:
-                    yield item
-        except _ClosedError:
-            log.warning("VTP broadcaster %s closed the connection", self._peer)
-        except _StopError:
-            pass
-        except OSError as exc:
-            log.warning("VTP connection to %s failed: %s", self._peer, exc)
+            while not _done(stop, deadline):
+                wait = _POLL_S if deadline is None else min(
+                    _POLL_S, max(0.0, deadline - time.monotonic()))
+                try:
+                    yield self._received.get(timeout=wait)
+                except queue.Empty:
+                    continue
+        finally:
+            self.role.stop()
 
-    def _recv(self, sock: socket.socket, n: int, stop: threading.Event,
-              deadline: float | None, last_rx: list[float]) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            if _done(stop, deadline):
-                raise _StopError
-            try:
-                chunk = sock.recv(min(n - len(buf), 1 << 16))
-            except TimeoutError:
-                if time.monotonic() - last_rx[0] > self.iamalive_timeout:
-                    log.warning("no packet from %s for %.0f s: reconnecting", self._peer,
-                                self.iamalive_timeout)
-                    raise _ClosedError from None
-                continue
-            if not chunk:
-                raise _ClosedError
-            buf += chunk
-            last_rx[0] = time.monotonic()
-        return bytes(buf)
-
-    def _handle(self, sock: socket.socket, payload: bytes) -> Received | None:
+    def _on_voevent(self, packet: Packet, peer: str) -> None:
+        where = f"vtp://{peer} {packet.ivorn}"
         try:
-            root = safe_xml(payload)
-        except (etree.XMLSyntaxError, ValueError) as exc:
-            self.stats["unparsable"] += 1
-            log.warning("unparsable VTP packet (%d bytes) from %s: %s", len(payload),
-                        self._peer, exc)
-            return None
-        name, role = etree.QName(root).localname, root.get("role", "")
-        if name == "Transport":
-            if role == "iamalive":
-                self.stats["iamalive"] += 1
-                sock.sendall(frame(transport_message("iamalive", root.findtext("Origin") or "",
-                                                     self.ivorn)))
-            else:
-                log.warning("unexpected VTP Transport role %r from %s", role, self._peer)
-            return None
-        ivorn = root.get("ivorn")
-        if name != "VOEvent" or not ivorn:
-            self.stats["unparsable"] += 1
-            log.warning("VTP packet from %s is neither a Transport nor a VOEvent with an "
-                        "ivorn (root %s)", self._peer, root.tag)
-            return None
-        sock.sendall(frame(transport_message("ack", ivorn, self.ivorn)))
-        self.stats["acks_sent"] += 1
-        try:
-            match = match_from_voevent(root, where=f"vtp://{self._peer} {ivorn}")
+            match = match_from_voevent(packet.root, where=where)
         except BadNoticeError as exc:
             self.stats["not_counterparts"] += 1
             log.info("%s", exc)
-            return None
+            return
         self.stats["counterparts"] += 1
-        return Received(match, payload, f"vtp://{self._peer} {ivorn}")
+        self._received.put(Received(match, packet.payload, where))
 
 
 # -- Kafka -----------------------------------------------------------------------------------
@@ -419,10 +339,3 @@ def subscribe(source: VTPSubscriber | KafkaSubscriber,
 
 def _done(stop: threading.Event, deadline: float | None) -> bool:
     return stop.is_set() or (deadline is not None and time.monotonic() >= deadline)
-
-
-def _wait(stop: threading.Event, deadline: float | None, seconds: float) -> bool:
-    """Sleep up to ``seconds`` (less if the deadline is nearer); True when we should stop."""
-    if deadline is not None:
-        seconds = min(seconds, max(0.0, deadline - time.monotonic()))
-    return stop.wait(seconds) or _done(stop, deadline)
