@@ -9,8 +9,8 @@ A detection record is a JSON object (a payload is one record or a JSON list of t
      "properties": {"mag": 18.2}}         # optional numbers (null = unknown)
 
 Unknown keys are refused, as are non-numeric values, coordinates outside RA [0, 360] /
-Dec [-90, 90] deg, errors beyond ``max_error_deg``, times outside MJD
-[:data:`MIN_MJD`, :data:`MAX_MJD`], duplicate ids and more than ``max_records`` records.
+Dec [-90, 90] deg, errors beyond ``max_error_deg``, times outside the survey era
+(:mod:`mmcross.model.plausibility`), duplicate ids and more than ``max_records`` records.
 
 Over Kafka (:mod:`mmcross.listeners.partner_kafka`), a message with header ``mmcross-kind:
 detections`` carries such a payload under the same signature scheme as event submissions
@@ -33,6 +33,7 @@ from mmcross.listeners.partners import PartnerRegistry, SubmissionRefusedError
 from mmcross.model.alert import check_coordinates
 from mmcross.model.detections import Detections
 from mmcross.model.errors import BadCoordinatesError
+from mmcross.model.plausibility import implausible_mjd
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ MAX_ID_CHARS = 128
 MAX_PROPERTIES = 16
 MAX_PROPERTY_NAME_CHARS = 32
 MAX_ERROR_DEG = 1.0
-MIN_MJD, MAX_MJD = 40_000.0, 100_000.0  # 1968 .. 2132
 RECORD_KEYS = frozenset({"partner", "detection_id", "ra", "dec", "error", "time", "mjd_tai",
                          "properties"})
 
@@ -76,8 +76,8 @@ def _time_mjd_tai(rec: dict[str, Any], where: str) -> float:
             mjd = float(Time(text.rstrip("Zz"), format="isot", scale="utc").tai.mjd)
         except ValueError as exc:
             raise _refuse(where, f"time {text!r} is not ISO 8601 UTC: {exc}") from exc
-    if not MIN_MJD <= mjd <= MAX_MJD:
-        raise _refuse(where, f"time MJD {mjd} is outside [{MIN_MJD}, {MAX_MJD}]")
+    if (why := implausible_mjd(mjd, "time")) is not None:
+        raise _refuse(where, why)
     return mjd
 
 
