@@ -15,9 +15,11 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from mmcross.matchers import Matcher
+from mmcross.matchers.coincidence import CoincidenceSearch, Found
 from mmcross.model.alert import AlertBatch
+from mmcross.model.coincidence import Coincidence
 from mmcross.model.config import Config
-from mmcross.model.event import Event
+from mmcross.model.event import Event, EventKind, NoticeAction
 from mmcross.model.history import AlertHistory
 from mmcross.model.index import Change, SkyIndex
 from mmcross.model.match import Match
@@ -36,6 +38,14 @@ class ReportSink(Protocol):
     def close(self) -> None: ...
 
 
+class CoincidenceSink(Protocol):
+    """Where coincidence records go: new, recomputed and revoked (retracted=True) ones."""
+
+    def write_coincidences(self, records: Sequence[Coincidence]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class NoticeOutcome:
     """What applying one notice did.
@@ -43,12 +53,15 @@ class NoticeOutcome:
     Attributes:
         change: what the index did with it (added, updated, retracted, stale, duplicate).
         event: the event as indexed (revision assigned), or as given when stale/duplicate.
-        reports: the match reports it caused: retro-matches and revocations, in emit order.
+        reports: the match reports it caused: retro-matches and revocations, in emit order
+            (including those of the combined localizations of its coincidences).
+        coincidences: coincidence records it caused (new, recomputed, revoked).
     """
 
     change: Change
     event: Event
     reports: list[Match] = field(default_factory=list)
+    coincidences: list[Coincidence] = field(default_factory=list)
 
 
 class Engine:
@@ -60,13 +73,21 @@ class Engine:
         alert
             history survive a restart (call :meth:`restore`).
         sinks: report sinks; each gets every new match once and every revocation once.
+        coincidence_sinks: coincidence sinks; each gets every coincidence record (new,
+            recomputed on a parent's revision, revoked on a parent's retraction) once.
     """
 
     def __init__(self, config: Config, store: Store | None = None,
-                 sinks: Sequence[ReportSink] = ()) -> None:
+                 sinks: Sequence[ReportSink] = (),
+                 coincidence_sinks: Sequence[CoincidenceSink] = ()) -> None:
         self.config = config
         self.store = store
         self.sinks = list(sinks)
+        self.coincidence_sinks = list(coincidence_sinks)
+        self.coincidences = (CoincidenceSearch(config)
+                             if config.get("coincidence.enabled", True) else None)
+        # Live (not revoked) coincidences by coincidence id.
+        self._coincidences: dict[str, Coincidence] = {}
         self.index = SkyIndex(config, store.latest_revision if store is not None else None)
         self.matcher = Matcher(config)
         self.history = AlertHistory(config.longest_window_days,
@@ -85,6 +106,8 @@ class Engine:
         self.index.restore(events)
         for event in events:
             self.matcher.upsert(event)
+            if self.coincidences is not None:
+                self.coincidences.observe(event)
             self._matches[event.event_id] = {
                 m.alert_id: m for m in self.store.matches(event.event_id, include_retracted=False)
                 if m.event_revision == event.revision
@@ -94,7 +117,7 @@ class Engine:
                  sum(len(m) for m in self._matches.values()), len(self.history))
 
     def close(self) -> None:
-        for sink in self.sinks:
+        for sink in [*self.sinks, *self.coincidence_sinks]:
             sink.close()
         if self.store is not None:
             self.store.close()
@@ -102,7 +125,28 @@ class Engine:
     # -- notices -----------------------------------------------------------------------
 
     def on_notice(self, event: Event) -> NoticeOutcome:
-        """Apply one parsed notice; returns what the index did and the reports it caused."""
+        """Apply one parsed notice; returns what the index did, the reports and the
+        coincidences it caused.
+
+        After the index, a GW event is searched against the live external triggers and an
+        external trigger against the live GW events (``[coincidence]``); each coincidence's
+        combined localization is indexed as an event of kind ``coincidence`` (matched,
+        retro-matched and revoked like any event). A parent's new revision recomputes its
+        coincidences; a parent's retraction revokes them and their combined events' matches.
+        """
+        outcome = self._apply_notice(event)
+        if (self.coincidences is None or outcome.event.kind is EventKind.COINCIDENCE
+                or outcome.change in (Change.STALE, Change.DUPLICATE)):
+            return outcome
+        records, reports = self._coincide(outcome.change, outcome.event)
+        return replace(outcome, reports=outcome.reports + reports, coincidences=records)
+
+    @property
+    def live_coincidences(self) -> list[Coincidence]:
+        """The coincidences not revoked (latest revision of each)."""
+        return list(self._coincidences.values())
+
+    def _apply_notice(self, event: Event) -> NoticeOutcome:
         change, indexed = self.index.apply(event)
         self.stats[f"notices_{change}"] += 1
         if change in (Change.STALE, Change.DUPLICATE):
@@ -144,6 +188,8 @@ class Engine:
         self.stats["alerts"] += len(batch)
         for event in self.index.expire(float(batch.mjd_tai.min())):
             self.matcher.remove(event.event_id)
+            if self.coincidences is not None:
+                self.coincidences.forget(event.event_id)
             self._matches.pop(event.event_id, None)
             self.stats["events_expired"] += 1
         self.matcher.observe(batch)
@@ -152,6 +198,93 @@ class Engine:
         if self.store is not None:
             self.store.save_alert_history(batch)
         return self._emit(self._record(found))
+
+    # -- coincidences -------------------------------------------------------------------
+
+    def _coincide(self, change: Change, event: Event) -> tuple[list[Coincidence], list[Match]]:
+        """Search/recompute/revoke the coincidences of ``event``; emit their records."""
+        assert self.coincidences is not None
+        records: list[Coincidence] = []
+        reports: list[Match] = []
+        mine = [c for c in self._coincidences.values() if event.event_id in c.parents]
+        if change is Change.RETRACTED:
+            self.coincidences.forget(event.event_id)
+            found: list[Found] = []
+        elif self.coincidences.observe(event):
+            found = self.coincidences.search(event)
+        else:
+            return [], []
+        still = {f.record.coincidence_id for f in found}
+        for gone in mine:
+            if gone.coincidence_id not in still:
+                record, revoked = self._revoke_coincidence(gone, event)
+                records.append(record)
+                reports += revoked
+        for f in found:
+            previous = self._coincidences.get(f.record.coincidence_id)
+            record = replace(f.record, revision=previous.revision + 1 if previous else 1)
+            self._coincidences[record.coincidence_id] = record
+            records.append(record)
+            reports += self._index_combined(record, f, event)
+            log.info("coincidence %s revision %d: dt %.3f s, temporal FAR %s Hz, space-time "
+                     "FAR %s Hz%s", record.coincidence_id, record.revision,
+                     record.time_difference, record.temporal_far, record.spacetime_far,
+                     " (publishable)" if record.publishable else "")
+        self.stats["coincidences"] += len(found)
+        if records:
+            for sink in self.coincidence_sinks:
+                sink.write_coincidences(records)
+        return records, reports
+
+    def _index_combined(self, record: Coincidence, found: Found, cause: Event) -> list[Match]:
+        """Index (or replace, or retract when it vanished) the combined localization."""
+        if found.combined is None:
+            if record.coincidence_id in self.index:
+                return self._apply_notice(self._combined_retraction(record, cause)).reports
+            return []
+        parents = [e for e in (self.index.get(p) for p in record.parents) if e is not None]
+        newest = max(parents, key=lambda e: e.arrival_mjd_tai)
+        gw = self.index.get(record.gw_event_id)
+        assert gw is not None
+        combined = Event(
+            event_id=record.coincidence_id, kind=EventKind.COINCIDENCE,
+            instrument=f"{gw.instrument}+{record.ext_instrument}",
+            trigger_time=gw.trigger_time, localization=found.combined,
+            notice_type="COINCIDENCE",
+            notice_time=newest.notice_time if newest.notice_time is not None
+            else newest.trigger_time,
+            significance={"parents": list(record.parents),
+                          "temporal_far": record.temporal_far,
+                          "spacetime_far": _finite(record.spacetime_far),
+                          "publishable": record.publishable},
+            source=f"coincidence of {record.gw_event_id} r{record.gw_revision} and "
+                   f"{record.ext_event_id} r{record.ext_revision}")
+        return self._apply_notice(combined).reports
+
+    def _revoke_coincidence(self, record: Coincidence,
+                            cause: Event) -> tuple[Coincidence, list[Match]]:
+        del self._coincidences[record.coincidence_id]
+        revoked = replace(record, retracted=True)
+        self.stats["coincidences_revoked"] += 1
+        log.info("coincidence %s revoked (%s %s)", record.coincidence_id, cause.event_id,
+                 "retracted" if cause.retracted else "moved out of the window")
+        reports: list[Match] = []
+        if record.coincidence_id in self.index:
+            reports = self._apply_notice(self._combined_retraction(record, cause)).reports
+        return revoked, reports
+
+    def _combined_retraction(self, record: Coincidence, cause: Event) -> Event:
+        live = self.index.get(record.coincidence_id)
+        assert live is not None
+        when = max((live, cause), key=lambda e: e.arrival_mjd_tai)
+        return Event(event_id=record.coincidence_id, kind=EventKind.COINCIDENCE,
+                     instrument=live.instrument, trigger_time=live.trigger_time,
+                     localization=None, action=NoticeAction.RETRACT,
+                     notice_type="COINCIDENCE_RETRACTION",
+                     notice_time=when.notice_time if when.notice_time is not None
+                     else when.trigger_time,
+                     significance={"parents": list(record.parents)},
+                     source=f"revoked by {cause.event_id} revision {cause.revision}")
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -178,3 +311,8 @@ class Engine:
             for sink in self.sinks:
                 sink.write(reports)
         return reports
+
+
+def _finite(x: float | None) -> float | None:
+    """``x`` unless it is infinite (JSON has no infinity): ``None`` then."""
+    return x if x is None or x != float("inf") else None
