@@ -11,8 +11,8 @@ was refused and where it was read:
 ``mmcross.source.timestamp``  its Kafka timestamp, ms since the Unix epoch (decimal)
 ========================  ===============================================================
 
-Dead letters go through the service's acknowledged producer, so they are acknowledged with
-the reports before the source offsets are committed.
+Dead letters go through the service's transactional output, so they are committed together
+with the reports and the source offsets, or not at all.
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ class DeadLetters:
     """Sends refused messages to ``topic`` with :meth:`send`.
 
     Args:
-        producer: the :class:`mmcross.brokers.kafka_reports.AckedProducer` shared with the report
-            sink (anything with ``produce(topic, key, value, headers)``), so that one
-            acknowledgement covers reports and dead letters before offsets are committed.
+        producer: the :class:`mmcross.brokers.kafka_reports.TransactionalOutput` shared with
+            the report sink (anything with ``produce(topic, key, value, headers)``), so that
+            dead letters are in the transaction of the batch they were read in.
         topic: the dead-letter topic.
     """
 
@@ -76,7 +76,7 @@ class DeadLetters:
 
     def send(self, key: bytes | None, value: bytes | None, source: SourceRef,
              error: BaseException) -> None:
-        """Queue one dead letter (asynchronous; acknowledged with the shared producer)."""
+        """Add one dead letter to the open transaction."""
         self.counts[type(error).__name__] += 1
         log.warning("dead letter from %s -> %s: %s: %s", source, self.topic,
                     type(error).__name__, error)

@@ -21,6 +21,7 @@ a client id it talks to the same broker as the alerts (a local broker, for tests
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -76,8 +77,8 @@ def alert_consumer_config(config: Config, *, env: Mapping[str, str] | None = Non
                           overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The alert stream consumer: one consumer group shared by every ``mmcross listen``.
 
-    Offsets are committed by the service only (no auto-commit, no auto offset store), after
-    the reports an alert caused were acknowledged.
+    Offsets are committed by the service only (no auto-commit, no auto offset store), in the
+    transaction holding the reports the alerts caused; it reads committed records only.
     """
     props = base_properties(config, env=env, overrides=overrides)
     props.update(_strings(config.get("kafka.alert_properties"), "[kafka.alert_properties]"))
@@ -87,18 +88,36 @@ def alert_consumer_config(config: Config, *, env: Mapping[str, str] | None = Non
     props.setdefault("enable.auto.commit", False)
     props.setdefault("enable.auto.offset.store", False)
     props.setdefault("auto.offset.reset", "earliest")
+    props.setdefault("isolation.level", "read_committed")
     props.setdefault("partition.assignment.strategy", "cooperative-sticky")
     props.setdefault("fetch.max.bytes", 64 << 20)
     props.setdefault("max.partition.fetch.bytes", 16 << 20)
     return props
 
 
+def instance_name(config: Config) -> str:
+    """``[kafka] instance``: this process's name among the listeners of one group (default:
+    the host name). Two processes of one group must have different names."""
+    return str(config.get("kafka.instance", "") or socket.gethostname())
+
+
+def transactional_id(config: Config) -> str:
+    """``[kafka] transactional_id``, default ``<group id>.<instance>``: stable across restarts
+    of one instance, so that a restart fences its zombie and resolves its open transaction."""
+    explicit = config.get("kafka.transactional_id", "")
+    if explicit:
+        return str(explicit)
+    return f"{config.get('kafka.group_id', 'mmcross')}.{instance_name(config)}"
+
+
 def producer_config(config: Config, *, env: Mapping[str, str] | None = None,
                     overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The idempotent producer of reports, counterpart VOEvents and dead letters."""
+    """The transactional producer of reports, counterpart VOEvents, dead letters and partner
+    matches (``transactional.id`` from :func:`transactional_id`)."""
     props = _require_servers(base_properties(config, env=env, overrides=overrides),
                              "report producer")
-    props.setdefault("enable.idempotence", True)
+    props.setdefault("transactional.id", transactional_id(config))
+    props.setdefault("transaction.timeout.ms", 60_000)
     props.setdefault("acks", "all")
     props.setdefault("linger.ms", 20)
     props.setdefault("compression.type", "zstd")
@@ -108,7 +127,7 @@ def producer_config(config: Config, *, env: Mapping[str, str] | None = None,
 
 def reader_config(config: Config, *, env: Mapping[str, str] | None = None,
                   overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A consumer that reads by assignment and never commits (e.g. reconciling reports)."""
+    """A consumer that reads by assignment, committed records only, and never commits."""
     props = _require_servers(base_properties(config, env=env, overrides=overrides), "reader")
     props.setdefault("group.id", f"mmcross-reader-{uuid.uuid4().hex}")
     props.setdefault("enable.auto.commit", False)
@@ -151,5 +170,6 @@ def gcn_consumer_config(config: Config, *, env: Mapping[str, str] | None = None,
     props.setdefault("group.id", gcn.get("group_id") or f"mmcross-notices-{uuid.uuid4().hex}")
     props.setdefault("enable.auto.commit", False)
     props.setdefault("auto.offset.reset", "earliest")
+    props.setdefault("isolation.level", "read_committed")
     props.setdefault("max.partition.fetch.bytes", 64 << 20)
     return props, creds

@@ -12,8 +12,10 @@ Units and conventions of the columns:
 
 Tables: ``events`` (one row per event id, summary of its latest revision),
 ``event_revisions`` (one row per accepted notice), ``matches`` (one row per
-(event, revision, alert)), ``deliveries`` (report keys delivered per sink) and
-``alert_history`` (compact recent alerts for retro-matching after a restart).
+(event, revision, alert)), ``pending_writes`` (store writes of a live service's transaction
+not yet known committed) and ``alert_history`` (compact recent alerts for retro-matching after
+a restart). Stores written by older versions may also hold a ``deliveries`` table; it is no
+longer read or written.
 """
 
 from __future__ import annotations
@@ -150,14 +152,21 @@ class MatchRow(Base):
     retracted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class DeliveryRow(Base):
-    """A report key already delivered to a sink (``"kafka:topic"``, ``"jsonl"``...)."""
+class PendingWriteRow(Base):
+    """The store writes of one live-service transaction, saved before its commit.
 
-    __tablename__ = "deliveries"
+    ``owner`` is the service instance (its Kafka ``transactional.id``), ``txn`` the
+    transaction's id (the value of its commit marker), ``payload`` the pickled writes.
+    Applied and deleted after the commit; at start-up, applied or dropped by whether the
+    transaction committed.
+    """
 
-    sink: Mapped[str] = mapped_column(String(200), primary_key=True)
-    key: Mapped[str] = mapped_column(String(400), primary_key=True)
-    delivered_at: Mapped[dt.datetime] = _now_column()
+    __tablename__ = "pending_writes"
+
+    owner: Mapped[str] = mapped_column(String(400), primary_key=True)
+    txn: Mapped[str] = mapped_column(String(100), nullable=False)
+    payload: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    created_at: Mapped[dt.datetime] = _now_column()
 
 
 class AlertHistoryRow(Base):

@@ -1,4 +1,4 @@
-"""The catalog store: events, their revisions, matches and deliveries in a SQL database.
+"""The catalog store: events, their revisions, matches and alert history in a SQL database.
 
 SQLite (a file, WAL journal, foreign keys on) by default; PostgreSQL for production
 (``postgresql+psycopg2://user:password@host:port/db``). Every public method runs in one
@@ -31,10 +31,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from mmcross.catalogs.models import (
     AlertHistoryRow,
     Base,
-    DeliveryRow,
     EventRevisionRow,
     EventRow,
     MatchRow,
+    PendingWriteRow,
 )
 from mmcross.model.alert import AlertBatch
 from mmcross.model.errors import StoreError
@@ -449,40 +449,28 @@ class Store:
         with self._transaction("reading matches") as s:
             return [_match_from_row(r) for r in s.scalars(stmt)]
 
-    # -- deliveries --------------------------------------------------------------------
+    # -- pending writes of a live transaction ------------------------------------------
 
-    def mark_delivered(self, keys: Iterable[str], sink: str) -> None:
-        """Remember that the reports with these keys were delivered to ``sink``."""
-        unique = sorted({str(k) for k in keys})
-        if not unique:
-            return
-        table = DeliveryRow.__table__
-        stmt = self._insert(table)
-        with self._transaction(f"marking {len(unique)} keys delivered to {sink}") as s:
-            if stmt is not None:
-                s.execute(stmt.on_conflict_do_nothing(index_elements=["sink", "key"]),
-                          [{"sink": sink, "key": k} for k in unique])
+    def save_pending(self, owner: str, txn: str, payload: bytes) -> None:
+        """Keep ``owner``'s writes of transaction ``txn`` until :meth:`drop_pending`
+        (one pending transaction per owner: a new one replaces the old)."""
+        with self._transaction(f"saving the pending writes of {owner}") as s:
+            row = s.get(PendingWriteRow, owner, with_for_update=True)
+            if row is None:
+                s.add(PendingWriteRow(owner=owner, txn=txn, payload=payload))
             else:
-                done = self._delivered(s, unique, sink)
-                rows = [{"sink": sink, "key": k} for k in unique if k not in done]
-                if rows:
-                    s.execute(insert(table), rows)
+                row.txn, row.payload = txn, payload
 
-    def delivered(self, keys: Iterable[str], sink: str) -> set[str]:
-        """The subset of ``keys`` already delivered to ``sink``."""
-        unique = sorted({str(k) for k in keys})
-        if not unique:
-            return set()
-        with self._transaction(f"reading deliveries to {sink}") as s:
-            return self._delivered(s, unique, sink)
+    def pending(self, owner: str) -> tuple[str, bytes] | None:
+        """``(txn, payload)`` of ``owner``'s pending transaction, or None."""
+        with self._transaction(f"reading the pending writes of {owner}") as s:
+            row = s.get(PendingWriteRow, owner)
+            return None if row is None else (row.txn, bytes(row.payload))
 
-    @staticmethod
-    def _delivered(s: Session, keys: list[str], sink: str) -> set[str]:
-        found: set[str] = set()
-        for chunk in _chunks(keys):
-            found.update(s.scalars(select(DeliveryRow.key)
-                                   .where(DeliveryRow.sink == sink, DeliveryRow.key.in_(chunk))))
-        return found
+    def drop_pending(self, owner: str) -> None:
+        """Forget ``owner``'s pending transaction (applied or known aborted)."""
+        with self._transaction(f"dropping the pending writes of {owner}") as s:
+            s.execute(delete(PendingWriteRow).where(PendingWriteRow.owner == owner))
 
     # -- alert history -----------------------------------------------------------------
 

@@ -78,10 +78,15 @@ def topic_size(bootstrap: str, topic: str) -> int:
     return sum(end_offsets(bootstrap, topic).values())
 
 def read_topic(bootstrap: str, topic: str) -> list:
-    """Every message of ``topic`` (all partitions, from the start to the end offsets)."""
+    """Every committed message of ``topic`` (``read_committed``: records of aborted or open
+    transactions are never returned), all partitions, from the start to the end offsets.
+
+    Transaction markers take offsets but are not delivered, so the end of a partition is
+    reached when the consumer's position (not the last message) reaches the end offset.
+    """
     ends = {p: o for p, o in end_offsets(bootstrap, topic).items() if o > 0}
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False})
+                  "enable.auto.commit": False, "isolation.level": "read_committed"})
     out = []
     try:
         c.assign([TopicPartition(topic, p, 0) for p in ends])
@@ -90,8 +95,9 @@ def read_topic(bootstrap: str, topic: str) -> list:
             for msg in c.consume(500, 0.5):
                 assert msg.error() is None, msg.error()
                 out.append(msg)
-                if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                    ends.pop(msg.partition(), None)
+            for tp in c.position([TopicPartition(topic, p) for p in list(ends)]):
+                if tp.offset >= ends[tp.partition]:
+                    ends.pop(tp.partition)
     finally:
         c.close()
     assert not ends, f"could not read {topic} to its end"
@@ -210,11 +216,17 @@ def injected_in(night, event, level: float) -> set[str]:
     return {f"{event.event_id}|{a}" for a, c in zip(night.alert_id[rows], cl, strict=True)
             if c <= level}
 
-def start_listener(config_path: Path, db: str, log_path: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
+def start_listener(config_path: Path, db: str, log_path: Path, *, instance: str = "a",
+                   crash_at: str | None = None) -> subprocess.Popen:
+    """``mmcross listen`` in a child process named ``instance`` in its group; ``crash_at``
+    arms a named crash point (``MMCROSS_CRASH_AT``, :mod:`mmcross.model.crashpoints`)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("KAFKA_") and k != "MMCROSS_CRASH_AT"}
+    if crash_at:
+        env["MMCROSS_CRASH_AT"] = crash_at
     return subprocess.Popen(
         [sys.executable, "-m", "mmcross", "listen", "--config", str(config_path),
-         "--db", db], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+         "--db", db, "--instance", instance], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
         stderr=open(log_path, "ab"))  # noqa: SIM115 (the child keeps it)
 
 def make_match(i: int = 0, **kw) -> Match:

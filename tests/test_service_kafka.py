@@ -11,6 +11,7 @@ the 90% credible regions.
 from __future__ import annotations
 
 import signal
+import socket
 import struct
 import threading
 import time
@@ -113,7 +114,10 @@ def test_kafka_env_overrides_config_file_and_command_line_wins(tmp_path: Path) -
     assert "session.timeout.ms" not in producer_config(config, env={})
     assert cli["enable.auto.commit"] is False
     producer = producer_config(config, env={"KAFKA_ACKS": "1"})
-    assert producer["acks"] == "1" and producer["enable.idempotence"] is True
+    assert producer["acks"] == "1" and producer["transactional.id"] == f"g.{socket.gethostname()}"
+    assert cli["isolation.level"] == "read_committed"
+    cfg.write_text('[kafka]\nbootstrap_servers = "file:1"\ngroup_id = "g"\ninstance = "b"\n')
+    assert producer_config(Config.load(cfg), env={})["transactional.id"] == "g.b"
 
 
 def test_gcn_consumer_gets_a_group_of_its_own_per_process_and_credentials(

@@ -261,16 +261,16 @@ def test_revoke_matches_marks_them_retracted_and_returns_them(store):
     assert summary == {}  # matches alone do not create events
 
 
-def test_delivered_keys_are_remembered_per_sink(store):
-    assert store.delivered(["a|1", "a|2"], "jsonl") == set()
-    store.mark_delivered(["a|1", "a|2"], "jsonl")
-    store.mark_delivered(["a|2", "a|3"], "jsonl")  # overlapping: no error
-    store.mark_delivered(["a|1"], "kafka:mmcross.matches")
-    assert store.delivered(["a|1", "a|2", "a|3", "a|4"], "jsonl") == {"a|1", "a|2", "a|3"}
-    assert store.delivered(["a|1", "a|2"], "kafka:mmcross.matches") == {"a|1"}
-    many = [f"e|{i}" for i in range(1200)]  # more keys than one IN (...) chunk
-    store.mark_delivered(many, "voevent")
-    assert store.delivered(many + ["x"], "voevent") == set(many)
+def test_pending_writes_are_kept_per_owner_until_dropped(store):
+    assert store.pending("g.a") is None
+    store.save_pending("g.a", "t1", b"\x00one")
+    store.save_pending("g.b", "t9", b"other")
+    store.save_pending("g.a", "t2", b"\x00two")  # a newer transaction replaces the older
+    assert store.pending("g.a") == ("t2", b"\x00two")
+    store.drop_pending("g.a")
+    store.drop_pending("g.a")  # dropping twice is harmless
+    assert store.pending("g.a") is None
+    assert store.pending("g.b") == ("t9", b"other")
 
 
 def test_alert_history_round_trip_and_prune(store):

@@ -35,7 +35,7 @@ def _open_store(url: str):
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from mmcross.app.engine import Engine
-    from mmcross.app.replay import replay
+    from mmcross.app.replay import coincidence_sinks, replay
     from mmcross.brokers.sinks import JsonLinesSink, VOEventDirectorySink
 
     config = Config.load(args.config)
@@ -43,7 +43,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     db = args.db or f"sqlite:///{out / 'mmcross.sqlite'}"
     sinks = [JsonLinesSink(out / "matches.jsonl"), VOEventDirectorySink(out / "voevents")]
-    engine = Engine(config, store=_open_store(db), sinks=sinks)
+    engine = Engine(config, store=_open_store(db), sinks=sinks,
+                    coincidence_sinks=coincidence_sinks(out))
     engine.restore()
     try:
         summary = replay(engine, args.notices, args.alerts, chunk=args.chunk)

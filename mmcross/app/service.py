@@ -1,21 +1,46 @@
-"""``mmcross listen``: GCN notices and the alert stream from Kafka, match reports to Kafka.
+"""``mmcross listen``: GCN notices and the alert stream from Kafka, match reports to Kafka,
+exactly once through Kafka transactions.
 
-One loop, one thread: poll notices (parse, apply), poll a batch of alerts (decode, match),
-send reports and dead letters through one idempotent producer, wait for the broker's
-acknowledgement, and only then commit the input offsets. A crash at any point therefore
-loses nothing (uncommitted input is read again) and sends nothing twice: matches already in the
-store are not emitted again, and stored reports whose delivery was never recorded are
-re-sent at start-up after checking the report topic (:meth:`KafkaReportSink.redeliver`).
+One loop, one thread. Each step polls notices, the partner inputs and one batch of alerts,
+and everything the step caused -- match reports, revocations, counterpart and retraction
+VOEvents, dead letters, partner stream matches -- goes into **one transaction** of a
+transactional producer (:class:`~mmcross.brokers.kafka_reports.TransactionalOutput`, stable
+``transactional.id`` per instance, see :func:`~mmcross.brokers.kafka_config.transactional_id`)
+together with the consumed alert offsets and the partner topic's offsets
+(``send_offsets_to_transaction`` with each consumer's group metadata, KIP-447). The
+transaction commits as a whole or not at all; consumers of the outputs read with
+``isolation.level=read_committed``.
 
-VOEvent transport and partner inputs (:mod:`mmcross.app.transports`, each piece off unless
-configured) queue their events and detections for this loop; partner stream matches go to
-``[submit.kafka] stream_match_topic`` through the acknowledged producer, so the partner
-topic's offsets are committed only after that acknowledgement. Without Kafka,
-:mod:`mmcross.app.embedded` runs the same engine on a file spool.
+**The store follows the commits.** The engine writes to a
+:class:`~mmcross.app.staged_store.StagedStore`: its writes are saved as one pending record
+(``Store.save_pending``, keyed by the instance and the transaction id) before
+``commit_transaction``, applied to the store after it, then dropped. At start-up, after
+``init_transactions`` (which fences a zombie and resolves its open transaction), a pending
+record is applied if its transaction's commit marker is on the marker topic, else dropped
+(:func:`~mmcross.brokers.kafka_reports.transaction_committed`). So the store always holds
+exactly the committed state; it never decides what is delivered.
+
+**Abort = crash.** A retriable failure inside a transaction (produce, offsets, a commit that
+the broker says needs an abort) aborts it, then does what a restart does: the engine is rebuilt
+from the store and every consumer is rewound to its committed offsets (the notice consumer
+without commits to its first offset), so the aborted input is read and processed again. A
+fatal error (fenced by a newer instance of the same name) stops the service.
+
+**Notices** (GCN Kafka topics) are applied in the step that polled them, so their effects
+(retro-matches, revocations, dead letters) are in the *same transaction as that step's alert
+batch*: a notice and the alerts matched against it commit together, and the engine state after
+an abort is the committed one. Their offsets are committed after the transaction, not in it,
+because the notice consumer may read another cluster (GCN's) whose offsets cannot join our
+transaction, and because reading a notice twice is harmless: the index drops a revision it
+already holds as a duplicate, and the store holds exactly the committed revisions.
+
+Not covered by the transactions: counterparts sent over VTP (a VTP subscriber may receive a
+counterpart again after an abort or a crash) and partner detections kept in memory for later
+alerts (re-read from the partner topic after an abort, and kept again).
 
 Start-up restores the live events, their matches and the alert history from the store.
 Transport errors are logged and waited out with an exponential back-off (librdkafka
-reconnects by itself); SIGTERM/SIGINT finish the current batch and leave cleanly.
+reconnects by itself); SIGTERM/SIGINT finish the current step and leave cleanly.
 """
 
 from __future__ import annotations
@@ -27,7 +52,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from mmcross.app.engine import Engine
 from mmcross.app.metrics import Metrics, MetricsServer, RateMeter
@@ -38,6 +70,7 @@ from mmcross.app.service_state import (
     newest_alert_mjd,
     prune_history,
 )
+from mmcross.app.staged_store import StagedStore, apply_writes, decode_writes, encode_writes
 from mmcross.app.transports import Transports
 from mmcross.brokers.dead_letters import DeadLetters, SourceRef
 from mmcross.brokers.kafka_alerts import AlertConsumer
@@ -48,9 +81,16 @@ from mmcross.brokers.kafka_config import (
     producer_config,
     reader_config,
 )
-from mmcross.brokers.kafka_reports import AckedProducer, KafkaReportSink, PartnerMatchSink
+from mmcross.brokers.kafka_reports import (
+    KafkaReportSink,
+    PartnerMatchSink,
+    TransactionalOutput,
+    ensure_marker_topic,
+    transaction_committed,
+)
 from mmcross.brokers.kafka_schemas import SchemaResolver
 from mmcross.listeners.gcn_kafka import NoticeConsumer, ReceivedNotice
+from mmcross.model import crashpoints
 from mmcross.model.config import Config, notice_options
 from mmcross.model.errors import ConfigError, NotAnEventError
 
@@ -63,6 +103,8 @@ log = logging.getLogger(__name__)
 _TRANSPORT = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE,
               KafkaError._TIMED_OUT, KafkaError._MSG_TIMED_OUT}
 
+Offsets = dict[tuple[str, int], int]
+
 
 @dataclass
 class ServiceSettings:
@@ -73,12 +115,12 @@ class ServiceSettings:
     voevent_topic: str | None
     dead_letter_topic: str
     notice_topics: list[str]
+    marker_topic: str = "mmcross.transactions"
     batch_size: int = 5000
     poll_timeout: float = 0.5
-    ack_timeout: float = 30.0
+    commit_timeout: float = 60.0
     backoff_min: float = 0.5
     backoff_max: float = 30.0
-    redeliver_lookback: float = 86400.0
     log_every: float = 30.0
     prune_interval: float = 3600.0
     metrics_port: int = -1
@@ -100,9 +142,10 @@ class ServiceSettings:
             voevent_topic=k.get("voevent_topic") or None,
             dead_letter_topic=k.get("dead_letter_topic") or "mmcross.dead-letters",
             notice_topics=list((k.get("gcn") or {}).get("topics") or []),
+            marker_topic=k.get("transaction_marker_topic") or "mmcross.transactions",
             **{name: type(getattr(cls, name))(s[name]) for name in (
-                "batch_size", "poll_timeout", "ack_timeout", "backoff_min", "backoff_max",
-                "redeliver_lookback", "log_every", "prune_interval") if name in s},
+                "batch_size", "poll_timeout", "commit_timeout", "backoff_min", "backoff_max",
+                "log_every", "prune_interval") if name in s},
             metrics_port=int((config.get("metrics", {}) or {}).get("port", -1)),
             metrics_host=str((config.get("metrics", {}) or {}).get("host", "127.0.0.1")))
 
@@ -113,7 +156,7 @@ class ListenService(EngineLoop):
 
     Args:
         config: merged configuration (``[kafka]``, ``[kafka.gcn]``, ``[service]``).
-        store: the store (events, matches, deliveries, alert history).
+        store: the store (events, matches, pending writes, alert history).
         env: environment for ``KAFKA_*`` / ``GCN_KAFKA_*`` (default ``os.environ``).
         kafka_overrides: librdkafka properties that win over config and environment
             (the command line's ``--bootstrap-servers``).
@@ -131,7 +174,6 @@ class ListenService(EngineLoop):
         self.metrics_server: MetricsServer | None = None
         self._rate = RateMeter(10.0)
         self._last_gauges = 0.0
-        self._delivered_seen = 0
         self._newest: float | None = None
         self._last_prune = time.monotonic()
         self._env = env
@@ -141,41 +183,45 @@ class ListenService(EngineLoop):
         self._last_error_log = 0.0
         self.stats = ServiceStats()
         self.engine: Engine | None = None
+        self.staged: StagedStore | None = None
         self.alerts: AlertConsumer | None = None
         self.notices: NoticeConsumer | None = None
+        self.output: TransactionalOutput | None = None
         self.sink: KafkaReportSink | None = None
         self.dead_letters: DeadLetters | None = None
-        self._producer: Producer | None = None
         self.partner_out: PartnerMatchSink | None = None
         self.transports = Transports(config)
 
     # -- life cycle --------------------------------------------------------------------
 
     def start(self) -> None:
-        """Restore state, re-send undelivered reports, join the consumer groups."""
+        """Register the transactional id, settle a pending transaction, restore the engine
+        from the store, join the consumer groups."""
         kw = {"env": self._env, "overrides": self._overrides}
         s = self.settings
         self.metrics.set("start_unixtime", time.time())
         if s.metrics_port >= 0 and self.metrics_server is None:
             self.metrics_server = MetricsServer(self.metrics, s.metrics_port, s.metrics_host)
-        self._producer = Producer({**producer_config(self.config, **kw),
-                                   "error_cb": self._on_error})
-        acked = AckedProducer(self._producer)
-        self.sink = KafkaReportSink(acked, s.report_topic, s.voevent_topic, self.store)
-        self.dead_letters = DeadLetters(acked, s.dead_letter_topic)
+        props = producer_config(self.config, **kw)
+        ensure_marker_topic(base_properties(self.config, **kw), s.marker_topic)
+        self.output = TransactionalOutput(Producer({**props, "error_cb": self._on_error}),
+                                          str(props["transactional.id"]), s.marker_topic)
+        while True:
+            try:
+                self.output.init(s.commit_timeout)
+                break
+            except KafkaException as exc:
+                if exc.args[0].fatal() or not exc.args[0].retriable():
+                    raise
+                if self._wait_backoff(f"init_transactions: {exc.args[0]}"):
+                    return
+        self._settle_pending(reader_config(self.config, **kw))
+        self.sink = KafkaReportSink(self.output, s.report_topic, s.voevent_topic)
+        self.dead_letters = DeadLetters(self.output, s.dead_letter_topic)
         if self.transports.streams is not None:
-            self.partner_out = PartnerMatchSink(acked,
-                                                 self.transports.settings.stream_match_topic)
-        self.engine = Engine(self.config, store=self.store, sinks=[self.sink])
-        self._newest = newest_alert_mjd(self.store)
-        prune_history(self.store, self.config, self._newest)
-        self._last_prune = time.monotonic()
-        self.engine.restore()
-        self.stats.redelivered = self.sink.redeliver(reader_config(self.config, **kw),
-                                                     lookback_s=s.redeliver_lookback)
-        while not self.sink.acknowledge(s.ack_timeout):
-            if self._wait_backoff("re-sent reports not acknowledged"):
-                return
+            self.partner_out = PartnerMatchSink(self.output,
+                                                self.transports.settings.stream_match_topic)
+        self._build_engine([self.sink])
         if s.notice_topics:
             props, creds = gcn_consumer_config(self.config, **kw)
             stable = bool((self.config.get("kafka.gcn", {}) or {}).get("group_id"))
@@ -187,9 +233,36 @@ class ListenService(EngineLoop):
                                     on_error=self._on_error,
                                     schemas=SchemaResolver(registry or None))
         self.transports.start(self.engine, kafka_props=base_properties(self.config, **kw))
-        log.info("listening: alerts %s -> reports %s (VOEvents %s, dead letters %s); "
-                 "%d live events", ", ".join(s.alert_topics), s.report_topic, s.voevent_topic,
-                 s.dead_letter_topic, len(self.engine.index))
+        log.info("listening: alerts %s -> reports %s (VOEvents %s, dead letters %s) in "
+                 "transactions of %s; %d live events", ", ".join(s.alert_topics),
+                 s.report_topic, s.voevent_topic, s.dead_letter_topic, self.output.owner,
+                 len(self.engine.index))
+
+    def _settle_pending(self, reader: Mapping[str, Any]) -> None:
+        """Apply or drop the store writes of the transaction a crash left pending."""
+        assert self.output is not None
+        pending = self.store.pending(self.output.owner)
+        if pending is None:
+            return
+        txn, payload = pending
+        if transaction_committed(reader, self.settings.marker_topic, self.output.owner, txn,
+                                 timeout=self.settings.commit_timeout):
+            apply_writes(self.store, decode_writes(payload))
+            log.info("transaction %s had committed before the last stop: its store writes "
+                     "are applied now", txn)
+        else:
+            log.info("transaction %s had not committed before the last stop: its store "
+                     "writes are dropped (its input is read again)", txn)
+        self.store.drop_pending(self.output.owner)
+
+    def _build_engine(self, sinks: list) -> None:
+        """A fresh engine on the committed state of the store (start-up and after an abort)."""
+        self.staged = StagedStore(self.store)
+        self.engine = Engine(self.config, store=self.staged, sinks=sinks)
+        self._newest = newest_alert_mjd(self.store)
+        prune_history(self.store, self.config, self._newest)
+        self._last_prune = time.monotonic()
+        self.engine.restore()
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish the current step and return (signal-handler safe)."""
@@ -216,11 +289,17 @@ class ListenService(EngineLoop):
         return self.stats
 
     def close(self) -> None:
-        """Stop the VTP inputs, leave the consumer groups, flush the producer, close the
-        store."""
+        """Stop the VTP inputs (committing what they queued), leave the consumer groups,
+        close the producer and the store."""
         self.transports.stop_inputs()
-        if self.engine is not None:  # events already acknowledged upstream
-            self.transports.poll(self._apply_event, self._apply_detections)
+        if self.engine is not None and self.output is not None:
+            # events already acknowledged upstream: commit their effects
+            n = self.transports.poll(self._apply_event, self._apply_detections)
+            if n:
+                try:
+                    self._commit({}, {})
+                except KafkaException as exc:
+                    log.warning("closing: the last transaction failed (%s)", exc.args[0])
         self.transports.inbox.close()
         for consumer in (self.notices, self.alerts):
             if consumer is not None:
@@ -230,9 +309,16 @@ class ListenService(EngineLoop):
                     log.warning("closing a consumer: %s", exc)
         self.notices = self.alerts = None
         if self.engine is not None:
-            self.engine.close()  # closes the sink (final acknowledgement) and the store
-            self._count_delivered()
+            self.engine.close()  # closes the sinks (the VTP broadcaster)
             self.engine = None
+        if self.output is not None:
+            try:
+                self.output.abort(10.0)
+            except KafkaException as exc:
+                log.warning("aborting the open transaction: %s", exc)
+            self.output.producer.flush(10.0)
+            self.output = None
+        self.store.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None
@@ -241,53 +327,126 @@ class ListenService(EngineLoop):
     # -- one step ----------------------------------------------------------------------
 
     def step(self) -> int:
-        """Poll notices and one batch of alerts, report, acknowledge, commit.
+        """Poll notices, the partner inputs and one batch of alerts; commit everything they
+        caused and their offsets in one transaction (or abort and rewind).
 
         Returns:
-            the number of input messages handled.
+            the number of input messages handled (0 after an abort).
         """
         assert self.engine is not None and self.alerts is not None and self.sink is not None
-        notices = self.notices.poll(50, 0.0) if self.notices is not None else []
-        for notice in notices:
-            self._apply_notice(notice)
-        pushed = self.transports.poll(self._apply_event, self._apply_detections)
-        polled = self.alerts.poll(self.settings.batch_size, self.settings.poll_timeout)
-        for bad in polled.refused:
-            self.dead_letters.send(bad.key, bad.value, bad.source, bad.error)
-            self.metrics.inc("dead_letters_total", error=type(bad.error).__name__)
-        if len(polled.batch):
-            self._count_reports(self.engine.on_alerts(polled.batch))
-            self._report_partner_matches(self.transports.match_alerts(polled.batch))
-            self.metrics.inc("alerts_total", len(polled.batch))
-            newest = float(polled.batch.mjd_tai.max())
-            self._newest = newest if self._newest is None else max(self._newest, newest)
-            self.metrics.set("last_alert_mjd_tai", self._newest)
-            self.metrics.set("last_alert_unixtime", time.time())
-            self._maybe_prune()
-        self.stats.alerts += len(polled.batch)
-        self._rate.add(len(polled.batch), time.monotonic())
-        self._update_gauges()
-        if not notices and not polled.messages and not pushed:
-            if self._backoff > 0:  # transport errors seen: wait instead of spinning
-                self._stop.wait(self._backoff)
+        reports_before = self.stats.reports
+        try:
+            notices = self.notices.poll(50, 0.0) if self.notices is not None else []
+            for notice in notices:
+                self._apply_notice(notice)
+            pushed = self.transports.poll(self._apply_event, self._apply_detections)
+            polled = self.alerts.poll(self.settings.batch_size, self.settings.poll_timeout)
+            for bad in polled.refused:
+                self.dead_letters.send(bad.key, bad.value, bad.source, bad.error)
+                self.metrics.inc("dead_letters_total", error=type(bad.error).__name__)
+            if len(polled.batch):
+                self._count_reports(self.engine.on_alerts(polled.batch))
+                self._report_partner_matches(self.transports.match_alerts(polled.batch))
+                self.metrics.inc("alerts_total", len(polled.batch))
+                newest = float(polled.batch.mjd_tai.max())
+                self._newest = newest if self._newest is None else max(self._newest, newest)
+                self.metrics.set("last_alert_mjd_tai", self._newest)
+                self.metrics.set("last_alert_unixtime", time.time())
+            if not notices and not polled.messages and not pushed:
+                self._update_gauges()
+                if self._backoff > 0:  # transport errors seen: wait instead of spinning
+                    self._stop.wait(self._backoff)
+                return 0
+            self._commit(polled.offsets, self._partner_positions() if pushed else {})
+        except KafkaException as exc:
+            self._abort(exc)
             return 0
         self._backoff = 0.0
-        while not self.sink.acknowledge(self.settings.ack_timeout):
-            if self._wait_backoff("reports not acknowledged by the broker"):
-                log.warning("stopping with unacknowledged reports: input offsets not committed"
-                            " (the input will be read again)")
-                return 0
-        self._count_delivered()
-        try:
-            self.alerts.commit(polled.offsets)
-            if self.notices is not None:
+        self.stats.alerts += len(polled.batch)
+        self._rate.add(len(polled.batch), time.monotonic())
+        self.metrics.inc("reports_delivered_total", self.stats.reports - reports_before)
+        self._maybe_prune()
+        self._update_gauges()
+        if self.notices is not None:
+            try:
                 self.notices.commit(notices)
-            self.transports.commit()
-            self.stats.commits += 1
-            self.metrics.inc("commits_total")
-        except KafkaException as exc:
-            log.warning("commit failed (%s): these messages will be read again", exc)
+            except KafkaException as exc:
+                log.warning("notice offsets not committed (%s): they will be read again and "
+                            "dropped as duplicates", exc)
         return len(notices) + polled.messages + pushed
+
+    def _partner_positions(self) -> Offsets:
+        """Next offsets of the partner submission consumer's assigned partitions."""
+        partner = self.transports.partner_kafka
+        if partner is None:
+            return {}
+        assigned = partner.consumer.assignment()
+        return {(tp.topic, tp.partition): tp.offset
+                for tp in partner.consumer.position(assigned) if tp.offset >= 0}
+
+    def _commit(self, alert_offsets: Offsets, partner_offsets: Offsets) -> None:
+        """Add the offsets and the pending store writes, commit, then write the store."""
+        assert self.output is not None and self.staged is not None
+        out = self.output
+        writes = self.staged.take()
+        if not out.open:
+            out.begin()
+        if alert_offsets and self.alerts is not None:
+            out.send_offsets(alert_offsets, self.alerts.consumer.consumer_group_metadata())
+        if partner_offsets:
+            out.send_offsets(partner_offsets,
+                             self.transports.partner_kafka.consumer.consumer_group_metadata())
+        if writes:
+            self.store.save_pending(out.owner, out.txn, encode_writes(writes))
+        crashpoints.hit("before_commit")
+        try:
+            out.commit(self.settings.commit_timeout)
+        except KafkaException as exc:
+            if exc.args[0].txn_requires_abort():
+                raise  # step() aborts
+            log.error("transaction %s: commit outcome unknown (%s); stopping (the next start "
+                      "settles it)", out.txn, exc.args[0])
+            self.output = None  # never abort a transaction that may have committed
+            self.stop()
+            raise
+        crashpoints.hit("after_commit")
+        self.stats.commits += 1
+        self.metrics.inc("commits_total")
+        if writes:
+            apply_writes(self.store, writes)
+            self.store.drop_pending(out.owner)
+
+    def _abort(self, exc: KafkaException) -> None:
+        """Abort the open transaction, rebuild the engine from the store, rewind."""
+        if self.output is None:
+            return
+        cause = exc.args[0]
+        if cause.fatal():
+            log.error("fatal Kafka error (%s): stopping", cause)
+            self.stop()
+            return
+        log.warning("transaction failed (%s): aborting; the engine is rebuilt from the store "
+                    "and the input read again", cause)
+        while True:
+            try:
+                self.output.abort(self.settings.commit_timeout)
+                break
+            except KafkaException as again:
+                if again.args[0].fatal() or not again.args[0].retriable():
+                    log.error("abort failed (%s): stopping", again.args[0])
+                    self.stop()
+                    return
+                if self._wait_backoff(f"abort not acknowledged: {again.args[0]}"):
+                    return
+        self.stats.aborts += 1
+        self.store.drop_pending(self.output.owner)
+        assert self.engine is not None
+        self._build_engine(self.engine.sinks)
+        consumers = [c.consumer for c in (self.alerts, self.notices) if c is not None]
+        if self.transports.partner_kafka is not None:
+            consumers.append(self.transports.partner_kafka.consumer)
+        for consumer in consumers:
+            rewind(consumer)
 
     def _apply_notice(self, notice: ReceivedNotice) -> None:
         assert self.engine is not None and self.dead_letters is not None
@@ -342,12 +501,6 @@ class ListenService(EngineLoop):
             self._last_prune = time.monotonic()
             prune_history(self.store, self.config, self._newest)
 
-    def _count_delivered(self) -> None:
-        delivered = self.sink.delivered if self.sink is not None else 0
-        if delivered > self._delivered_seen:
-            self.metrics.inc("reports_delivered_total", delivered - self._delivered_seen)
-            self._delivered_seen = delivered
-
     def _update_gauges(self, every: float = 1.0) -> None:
         """Refresh the gauges (lag from cached watermarks at most every ``every`` s)."""
         now = time.monotonic()
@@ -364,8 +517,8 @@ class ListenService(EngineLoop):
         st = self.stats
         dl = self.dead_letters.total if self.dead_letters is not None else 0
         return (f"{st.notices} notices ({st.notices_refused} refused), {st.alerts} alerts, "
-                f"{st.reports} reports, {st.redelivered} re-sent, {dl} dead letters, "
-                f"{st.commits} commits")
+                f"{st.reports} reports, {dl} dead letters, {st.commits} commits, "
+                f"{st.aborts} aborts")
 
     def _log_progress(self) -> None:
         elapsed = max(1e-9, time.monotonic() - self.stats.started)
@@ -375,5 +528,12 @@ class ListenService(EngineLoop):
                  self.stats.alerts / elapsed, lag, live)
 
 
-
-# -- embedded mode: no Kafka ---------------------------------------------------------------
+def rewind(consumer: Consumer, timeout: float = 30.0) -> None:
+    """Seek every assigned partition back to its committed offset (the first one when the
+    group never committed), so that uncommitted input is read again."""
+    assigned = consumer.assignment()
+    if not assigned:
+        return
+    for tp in consumer.committed(assigned, timeout=timeout):
+        offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+        consumer.seek(TopicPartition(tp.topic, tp.partition, offset))

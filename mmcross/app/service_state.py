@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from mmcross.app.metrics import Metrics
 from mmcross.matchers.partner_stream_matcher import PartnerMatch
+from mmcross.model import crashpoints
 from mmcross.model.config import Config
 from mmcross.model.detections import Detections
 from mmcross.model.event import Event
@@ -35,7 +36,7 @@ class ServiceStats:
     partner_matches: int = 0
     alerts: int = 0
     reports: int = 0
-    redelivered: int = 0
+    aborts: int = 0
     dead_letters: int = 0
     commits: int = 0
     transport_errors: int = 0
@@ -106,6 +107,7 @@ class EngineLoop:
         """Apply one parsed notice (Kafka, spool file, GCN VTP or a partner), loop thread."""
         assert self.engine is not None
         outcome = self.engine.on_notice(event)
+        crashpoints.hit("notice_apply")
         reports = outcome.reports
         self.metrics.inc("notices_total", outcome=str(outcome.change))
         self.stats.notices += 1

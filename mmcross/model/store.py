@@ -1,7 +1,7 @@
 """What the floors above need of a persistent store, as a :class:`typing.Protocol`.
 
 :class:`mmcross.catalogs.Store` (SQLAlchemy: SQLite or PostgreSQL) implements it; the engine,
-the live service and the Kafka report sink are written against this protocol, so none of them
+the live services are written against this protocol, so none of them
 imports the catalogs floor or probes a store for optional methods. Times are MJD TAI (days).
 """
 
@@ -16,7 +16,7 @@ from mmcross.model.match import Match
 
 
 class Store(Protocol):
-    """Events with their revisions and sky maps, matches, deliveries and the alert history."""
+    """Events with their revisions and sky maps, matches, pending writes and the alert history."""
 
     def latest_revision(self, event_id: str) -> int:
         """The highest stored revision of ``event_id``, 0 if it was never stored."""
@@ -44,12 +44,16 @@ class Store(Protocol):
         """Stored matches (of one event if ``event_id``), in the order they were stored."""
         ...
 
-    def mark_delivered(self, keys: Iterable[str], sink: str) -> None:
-        """Remember that the reports with these keys were delivered to ``sink``."""
+    def save_pending(self, owner: str, txn: str, payload: bytes) -> None:
+        """Keep ``owner``'s store writes of transaction ``txn`` (replacing older ones)."""
         ...
 
-    def delivered(self, keys: Iterable[str], sink: str) -> set[str]:
-        """The subset of ``keys`` already delivered to ``sink``."""
+    def pending(self, owner: str) -> tuple[str, bytes] | None:
+        """``(txn, payload)`` of ``owner``'s pending transaction, or None."""
+        ...
+
+    def drop_pending(self, owner: str) -> None:
+        """Forget ``owner``'s pending transaction."""
         ...
 
     def save_alert_history(self, batch: AlertBatch) -> None:
