@@ -2,8 +2,14 @@
 
 Sky positions are HEALPix NESTED pixel indices at order 29 (``nside = 2**29``), the finest
 level, so any multi-order pixel of order ``k`` is the half-open range of order-29 indices
-``[ipix << 2(29-k), (ipix + 1) << 2(29-k))``. A "coarse cell" is a NESTED pixel at a small
-order ``K``: the cell of an order-29 index ``x`` is ``x >> 2(29-K)``.
+``[ipix << 2(29-k), (ipix + 1) << 2(29-k))``. A "cell" is a NESTED pixel at a small order
+``K``: the cell of an order-29 index ``x`` is ``x >> 2(29-K)``.
+
+The cell index of the live events is a set of singly linked lists, one per cell of each
+order 0..K in use (``head[level_offset[K] + cell]`` is the first slot of the cell, ``-1``
+when empty, ``next_slot[s]`` the slot after ``s``), so that adding or removing one event
+touches only its own slots. A slot names its event and, for pixel maps, the range of the
+event's pixel rows inside the cell.
 
 All kernels are ``@njit(cache=True)``: compiled once per machine, then loaded from
 ``__pycache__`` at the next start.
@@ -11,10 +17,16 @@ All kernels are ``@njit(cache=True)``: compiled once per machine, then loaded fr
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
+from mmcross.model.regions import evaluate
+
 ORDER_MAX = 29
+PIXEL_MAP = -1
+"""``kind`` of an event matched through its packed pixels (other kinds: analytic regions)."""
 
 
 @njit(cache=True)
@@ -53,122 +65,145 @@ def cell_pairs(start: np.ndarray, end: np.ndarray,
 
 
 @njit(cache=True)
-def match_kernel(ipix: np.ndarray, mjd: np.ndarray, shift: int,
-                 cell_ptr: np.ndarray, pair_event: np.ndarray, pair_lo: np.ndarray,
-                 pair_hi: np.ndarray, tmin: np.ndarray, tmax: np.ndarray,
-                 active: np.ndarray, start: np.ndarray, log2_width: np.ndarray,
+def link_slots(head: np.ndarray, next_slot: np.ndarray, slot_head: np.ndarray,
+               slots: np.ndarray, heads: np.ndarray) -> None:
+    """Push slot ``slots[k]`` at the front of the list ``heads[k]`` (an index into ``head``);
+    ``slot_head`` remembers each slot's list for :func:`unlink_slots`."""
+    for k in range(slots.shape[0]):
+        s, h = slots[k], heads[k]
+        next_slot[s] = head[h]
+        head[h] = s
+        slot_head[s] = h
+
+
+@njit(cache=True)
+def unlink_slots(head: np.ndarray, next_slot: np.ndarray, slot_head: np.ndarray,
+                 slots: np.ndarray) -> None:
+    """Remove ``slots`` from their lists (a walk of each slot's own cell list)."""
+    for k in range(slots.shape[0]):
+        s = slots[k]
+        h = slot_head[s]
+        prev = -1
+        cur = head[h]
+        while cur != s:
+            prev = cur
+            cur = next_slot[cur]
+        if prev < 0:
+            head[h] = next_slot[s]
+        else:
+            next_slot[prev] = next_slot[s]
+        next_slot[s] = -1
+        slot_head[s] = -1
+
+
+@njit(cache=True, error_model="numpy")
+def unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    """(n, 3) unit vectors of positions in degrees ICRS."""
+    n = ra.shape[0]
+    out = np.empty((n, 3))
+    for i in range(n):
+        a, d = math.radians(ra[i]), math.radians(dec[i])
+        cd = math.cos(d)
+        out[i, 0] = cd * math.cos(a)
+        out[i, 1] = cd * math.sin(a)
+        out[i, 2] = math.sin(d)
+    return out
+
+
+@njit(cache=True, error_model="numpy")
+def match_kernel(ipix: np.ndarray, vec: np.ndarray, mjd: np.ndarray, levels: np.ndarray,
+                 level_offset: np.ndarray, head: np.ndarray, next_slot: np.ndarray,
+                 slot_event: np.ndarray, slot_lo: np.ndarray, slot_hi: np.ndarray,
+                 kind: np.ndarray, params: np.ndarray, chord2: np.ndarray,
+                 tmin: np.ndarray, tmax: np.ndarray, active: np.ndarray,
+                 start: np.ndarray, log2_width: np.ndarray, values: np.ndarray,
+                 distance: np.ndarray, max_level: float, gx: np.ndarray, gw: np.ndarray,
                  capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All (alert, event) pairs where the alert lies in a packed pixel of the event and
-    inside the event's time window, with the number of that pixel.
+    """All (alert, event) pairs where the alert is in the event's credible region at
+    ``max_level`` and inside its time window, with the values of the match.
 
     Args:
-        ipix: int64 order-29 NESTED index of each alert (sorting the alerts by it first
-            makes memory access much more local).
-        mjd: float64 alert time (MJD TAI, days).
-        shift: ``2 * (29 - K)`` for the coarse cell order ``K`` of the index.
-        cell_ptr: int64, size ``12 * 4**K + 1``; the pairs of cell ``c`` are
-            ``cell_ptr[c]:cell_ptr[c + 1]``.
-        pair_event: int64 event number of each (cell, event) pair.
-        pair_lo, pair_hi: int64 range of global pixel numbers of that event inside that cell.
+        ipix: int64 order-29 NESTED index of each alert (sorted first for locality).
+        vec: float64 ``(n, 3)`` unit vector of each alert; mjd: alert time (MJD TAI, days).
+        levels: the cell orders in use; ``level_offset[K]`` is the offset of order ``K``'s
+            cells in ``head``.
+        head, next_slot, slot_event, slot_lo, slot_hi: the cell lists (module docstring).
+        kind: int8 per event, :data:`PIXEL_MAP` or the region kind for :func:`evaluate`;
+            params: float64 ``(n_events, N_PARAMS)`` region parameters; chord2: squared
+            chord from the region centre beyond which its credible level exceeds
+            ``max_level`` (a quick rejection; the level itself decides).
         tmin, tmax: float64 per event, window ``tmin <= mjd <= tmax`` (MJD TAI).
         active: bool per event; inactive events are skipped.
-        start: int64 ``(npix,)``, first order-29 index of every packed pixel (per event
-            sorted; the pixels are disjoint).
-        log2_width: int8 ``(npix,)``, the pixel spans ``2**log2_width`` order-29 indices
-            (``2 * (29 - order)``), i.e. ``[start, start + 2**log2_width)``.
+        start, log2_width: packed pixel rows ``[start, start + 2**log2_width)`` (order 29,
+            sorted within each event), all of them with credible level <= ``max_level``;
+            values: ``(rows, 3)`` credible level, searched area (deg^2), density (per deg^2);
+            distance: ``(rows, 2)`` conditional distance mean and std (Mpc, NaN without).
+        gx, gw: Gauss-Legendre nodes for :func:`evaluate`.
         capacity: initial size of the outputs (they grow by doubling when full).
 
     Returns:
-        ``(alert_index, event_index, pixel_index)``: int64 arrays in the order of the alerts;
-        the caller gathers the per-pixel values with ``pixel_index``.
+        ``(alert_index, event_index, values)``: int64 arrays in the order of the alerts and
+        float64 ``(5, m)`` credible level, searched area (deg^2), density (per deg^2),
+        distance mean and std (Mpc, NaN without).
     """
+    sr_to_deg2 = (180.0 / math.pi) ** 2
     n = ipix.shape[0]
     cap = max(16, capacity)
-    out = np.empty((cap, 3), np.int64)
+    idx = np.empty((cap, 2), np.int64)
+    out = np.empty((cap, 5), np.float64)
     m = 0
     for i in range(n):
         x = ipix[i]
         t = mjd[i]
-        c = x >> shift
-        for p in range(cell_ptr[c], cell_ptr[c + 1]):
-            e = pair_event[p]
-            if not active[e] or t < tmin[e] or t > tmax[e]:
-                continue
-            lo = pair_lo[p]
-            a = lo
-            b = pair_hi[p]
-            while a < b:  # first pixel starting after x
-                mid = (a + b) >> 1
-                if start[mid] <= x:
-                    a = mid + 1
+        for li in range(levels.shape[0]):
+            order = levels[li]
+            s = head[level_offset[order] + (x >> (2 * (ORDER_MAX - order)))]
+            while s >= 0:
+                e = slot_event[s]
+                lo = slot_lo[s]
+                hi = slot_hi[s]
+                s = next_slot[s]
+                if not active[e] or t < tmin[e] or t > tmax[e]:
+                    continue
+                if kind[e] == PIXEL_MAP:
+                    a, b = lo, hi
+                    while a < b:  # first pixel starting after x
+                        mid = (a + b) >> 1
+                        if start[mid] <= x:
+                            a = mid + 1
+                        else:
+                            b = mid
+                    j = a - 1
+                    if j < lo or x - start[j] >= (np.int64(1) << np.int64(log2_width[j])):
+                        continue
+                    cl, area, dens = values[j, 0], values[j, 1], values[j, 2]
+                    d_mean, d_std = distance[j, 0], distance[j, 1]
                 else:
-                    b = mid
-            j = a - 1
-            if j < lo or x - start[j] >= (np.int64(1) << np.int64(log2_width[j])):
-                continue
-            if m == cap:
-                cap *= 2
-                grown = np.empty((cap, 3), np.int64)
-                grown[:m] = out[:m]
-                out = grown
-            out[m, 0] = i
-            out[m, 1] = e
-            out[m, 2] = j
-            m += 1
-    return out[:m, 0].copy(), out[:m, 1].copy(), out[:m, 2].copy()
-
-
-@njit(cache=True)
-def group_by_cell(cells: np.ndarray, ncell: int) -> tuple[np.ndarray, np.ndarray]:
-    """Counting sort of pair numbers by cell (stable: pairs keep their order within a cell).
-
-    Returns ``(cell_ptr, order)``: the pairs of cell ``c`` are ``order[cell_ptr[c]:cell_ptr[c+1]]``.
-    """
-    ptr = np.zeros(ncell + 1, np.int64)
-    for c in cells:
-        ptr[c + 1] += 1
-    for c in range(ncell):
-        ptr[c + 1] += ptr[c]
-    fill = ptr[:-1].copy()
-    order = np.empty(cells.shape[0], np.int64)
-    for k in range(cells.shape[0]):
-        c = cells[k]
-        order[fill[c]] = k
-        fill[c] += 1
-    return ptr, order
-
-
-@njit(cache=True)
-def gather_kernel(event: np.ndarray, row: np.ndarray, values: np.ndarray,
-                  distance: np.ndarray, distance_offset: np.ndarray,
-                  pixel_offset: np.ndarray) -> np.ndarray:
-    """Per-pixel values of matched rows in one pass.
-
-    Args:
-        event, row: int64 event number and global pixel row of each match.
-        values: float64 ``(npix, 3)`` credible level, searched area (deg^2), density (per deg^2).
-        distance: float64 ``(ndist, 2)`` conditional distance mean and std (Mpc) of the events
-            that have distance layers; ``distance_offset[e]`` is event ``e``'s first row there
-            (-1 when it has none) and ``pixel_offset[e]`` its first global pixel row.
-
-    Returns:
-        float64 ``(5, nmatch)``: credible level, searched area, density, distance mean and std
-        (NaN without distance).
-    """
-    n = row.shape[0]
-    out = np.empty((5, n), np.float64)
-    for k in range(n):
-        j = row[k]
-        out[0, k] = values[j, 0]
-        out[1, k] = values[j, 1]
-        out[2, k] = values[j, 2]
-        e = event[k]
-        off = distance_offset[e]
-        if off >= 0:
-            r = off + j - pixel_offset[e]
-            out[3, k] = distance[r, 0]
-            out[4, k] = distance[r, 1]
-        else:
-            out[3, k] = np.nan
-            out[4, k] = np.nan
-    return out
+                    p = params[e]
+                    dx, dy, dz = vec[i, 0] - p[0], vec[i, 1] - p[1], vec[i, 2] - p[2]
+                    if dx * dx + dy * dy + dz * dz > chord2[e]:
+                        continue
+                    cl, dens_sr, area_sr = evaluate(kind[e], p, vec[i, 0], vec[i, 1],
+                                                    vec[i, 2], gx, gw)
+                    if cl > max_level:
+                        continue
+                    area = area_sr * sr_to_deg2
+                    dens = dens_sr / sr_to_deg2
+                    d_mean, d_std = np.nan, np.nan
+                if m == cap:
+                    cap *= 2
+                    grown = np.empty((cap, 2), np.int64)
+                    grown[:m] = idx[:m]
+                    idx = grown
+                    grown_out = np.empty((cap, 5), np.float64)
+                    grown_out[:m] = out[:m]
+                    out = grown_out
+                idx[m, 0] = i
+                idx[m, 1] = e
+                out[m, 0] = cl
+                out[m, 1] = area
+                out[m, 2] = dens
+                out[m, 3] = d_mean
+                out[m, 4] = d_std
+                m += 1
+    return idx[:m, 0].copy(), idx[:m, 1].copy(), out[:m].T.copy()

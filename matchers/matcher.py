@@ -2,20 +2,24 @@
 
 An alert matches an event when both hold:
 
-* it lies inside the event's credible region at the configured level: the credible level of
-  its pixel (ligo.skymap's ``searched_prob``) is ``<= config.credible_level``;
+* it lies inside the event's credible region at the configured level: its credible level is
+  ``<= config.credible_level`` (for a pixel map, ligo.skymap's ``searched_prob`` of its pixel;
+  for an analytic circle, ellipse or box, the exact credible level of the region at the
+  alert's position);
 * its time is inside the event kind's window: ``trigger + before <= t <= trigger + after``
   (MJD TAI, days; ``config.time_window(kind)``).
 
-How: alert positions are turned once into order-29 NESTED indices (healpy); each alert's
-coarse cell lists the live events whose matchable pixels touch it (:class:`PackedSky`); the
-time window filters those; a binary search in the event's pixels inside that cell finds the
-pixel, whose credible level, searched area, density and distance moments were precomputed
-when the event was packed. Packing is cached per (event_id, revision).
+How: alert positions are turned once into order-29 NESTED indices (healpy) and unit
+vectors; each alert's cells list the live events whose matchable region touches them
+(:class:`LiveSky`); the time window filters those; for a pixel map a binary search in the
+event's pixels inside that cell finds the pixel, whose credible level, searched area, density
+and distance moments were precomputed when the event was packed; an analytic region is
+evaluated in closed form (:func:`mmcross.model.regions.evaluate`).
 
-Memory: once packed, the localization's credible-region caches are released
-(:meth:`~mmcross.model.localization.Localization.release_caches`), and once the concatenated
-:class:`PackedSky` is built each event keeps views into it rather than its own copy.
+Events are added, replaced and removed one at a time (:meth:`Matcher.upsert`,
+:meth:`Matcher.remove`): nothing else is repacked. An unchanged (event_id, revision,
+localization) keeps its entry. Once a pixel map is packed, the localization's credible-region
+caches are released (:meth:`~mmcross.model.localization.Localization.release_caches`).
 """
 
 from __future__ import annotations
@@ -33,8 +37,7 @@ from mmcross.matchers.chance import BackgroundRate, p_chance
 from mmcross.matchers.packed import (
     DEFAULT_CELL_ORDER,
     VALUE_COLUMNS,
-    PackedLocalization,
-    PackedSky,
+    LiveSky,
     pack_localization,
 )
 from mmcross.model.alert import AlertBatch
@@ -60,12 +63,12 @@ def alert_pixels(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
 @dataclass
 class MatchArrays:
     """Matches of one batch as columns, one row per (alert, event) pair, grouped by alert
-    (alerts in order of their HEALPix index, events in the matcher's order).
+    (alerts in order of their HEALPix index; within an alert, events in index order).
 
     Attributes:
         alert_index: row of the alert in the batch.
-        event_index: position of the event in ``event_ids``.
-        event_ids: the packed events, in the matcher's order.
+        event_index: event number, a position in ``event_ids``.
+        event_ids: the event id of each event number (``""`` for a free number).
         credible_level: 0..1; searched_area: deg^2; prob_density: per deg^2.
         distance_mean, distance_std: Mpc, NaN when the map has no distance.
         time_offset: alert time minus trigger time, days.
@@ -90,7 +93,7 @@ class MatchArrays:
 @dataclass
 class _Entry:
     event: Event
-    packed: PackedLocalization
+    number: int  # event number in the live sky
 
 
 class Matcher:
@@ -99,113 +102,114 @@ class Matcher:
     Args:
         config: supplies ``credible_level``, ``time_window(kind)``, ``background_rate`` and
             ``match.rho_min_new_alerts``.
-        cell_order: HEALPix order of the coarse cells of the spatial lookup (default 6,
-            ~0.84 deg^2).
+        cell_order: HEALPix order of the cells of the spatial lookup (default 6,
+            ~0.84 deg^2); analytic regions larger than a cell use coarser cells.
     """
 
     def __init__(self, config: Config, cell_order: int = DEFAULT_CELL_ORDER) -> None:
         self.config = config
         self.cell_order = cell_order
         self._entries: dict[str, _Entry] = {}
-        self._sky: PackedSky | None = None
-        self._ids: list[str] = []
+        self.sky = LiveSky(config.credible_level, cell_order)
+        self._ids: list[str] = []  # event id of each event number ("" when free)
         self._trigger = np.empty(0)
-        self._tmin = np.empty(0)
-        self._tmax = np.empty(0)
         self._capacity_hint = 0  # output size of the last batch, to size the next one
         self._rate = BackgroundRate(config.background_rate,
                                     int(config.get("match.rho_min_new_alerts", 1000)))
 
     # -- the live set --------------------------------------------------------------------
 
-    def _pack(self, event: Event, previous: _Entry | None) -> _Entry | None:
-        if event.localization is None or event.retracted:
+    def _add(self, event: Event) -> _Entry | None:
+        """Index ``event`` in the live sky (``None``: nothing to match)."""
+        loc = event.localization
+        if loc is None or event.retracted:
             return None
-        if (previous is not None and previous.event.revision == event.revision
-                and previous.event.localization is event.localization):
-            return _Entry(event, previous.packed)
-        try:
-            packed = pack_localization(event.localization,
-                                       max_credible_level=self.config.credible_level,
-                                       cell_order=self.cell_order)
-        except MmcrossError as exc:
-            log.warning("event %s revision %d not matched: %s", event.event_id,
-                        event.revision, exc)
-            return None
-        finally:
-            # the greedy caches (32 bytes/pixel) are not needed once packed
-            event.localization.release_caches()
-        log.debug("packed %s rev %d: %d pixels, %d cells", event.event_id, event.revision,
-                  len(packed), len(packed.cells))
-        return _Entry(event, packed)
+        window = self.config.time_window(event.kind)
+        trigger = event.trigger_mjd_tai
+        tmin, tmax = trigger + window.before, trigger + window.after
+        if loc.region is not None:
+            number = self.sky.add_region(loc.region, tmin, tmax)
+        else:
+            try:
+                packed = pack_localization(loc, max_credible_level=self.config.credible_level,
+                                           cell_order=self.cell_order)
+            except MmcrossError as exc:
+                log.warning("event %s revision %d not matched: %s", event.event_id,
+                            event.revision, exc)
+                return None
+            finally:
+                loc.release_caches()  # the greedy caches are not needed once packed
+            number = self.sky.add_pixels(packed, tmin, tmax)
+            log.debug("packed %s rev %d: %d pixels, %d cells", event.event_id, event.revision,
+                      len(packed), len(packed.cells))
+        if number >= len(self._ids):
+            self._ids.extend([""] * (number + 1 - len(self._ids)))
+            self._trigger = np.resize(self._trigger, len(self._ids))
+        self._ids[number] = event.event_id
+        self._trigger[number] = trigger
+        return _Entry(event, number)
 
     def set_events(self, events: Iterable[Event]) -> None:
         """Replace the live set. Events without localization (or retracted) are ignored;
-        unchanged (event_id, revision) keep their packed localization."""
-        entries: dict[str, _Entry] = {}
+        unchanged (event_id, revision, localization) keep their entry."""
+        events = list(events)
+        keep = {e.event_id for e in events}
+        for event_id in [k for k in self._entries if k not in keep]:
+            self.remove(event_id)
         for event in events:
-            entry = self._pack(event, self._entries.get(event.event_id))
-            if entry is not None:
-                entries[event.event_id] = entry
-        self._entries = entries
-        self._sky = None
+            self.upsert(event)
 
     def upsert(self, event: Event) -> None:
         """Add or replace one event (an event without localization is removed)."""
-        entry = self._pack(event, self._entries.get(event.event_id))
-        if entry is None:
-            self.remove(event.event_id)
+        previous = self._entries.get(event.event_id)
+        if (previous is not None and previous.event.revision == event.revision
+                and previous.event.localization is event.localization
+                and event.localization is not None and not event.retracted):
+            previous.event = event
             return
-        self._entries[event.event_id] = entry
-        self._sky = None
+        self.remove(event.event_id)
+        entry = self._add(event)
+        if entry is not None:
+            self._entries[event.event_id] = entry
 
     def remove(self, event_id: str) -> None:
         """Drop an event from the live set (no error if absent)."""
-        if self._entries.pop(event_id, None) is not None:
-            self._sky = None
+        entry = self._entries.pop(event_id, None)
+        if entry is not None:
+            self.sky.remove(entry.number)
+            self._ids[entry.number] = ""
 
     @property
     def event_ids(self) -> list[str]:
         """The ids of the events being matched."""
         return list(self._entries)
 
-    def _ensure_sky(self) -> PackedSky:
-        if self._sky is None:
-            entries = list(self._entries.values())
-            self._ids = [e.event.event_id for e in entries]
-            self._trigger = np.array([e.event.trigger_mjd_tai for e in entries], np.float64)
-            windows = [self.config.time_window(e.event.kind) for e in entries]
-            self._tmin = np.array([t + w.before for t, w in zip(self._trigger, windows,
-                                                                strict=True)], np.float64)
-            self._tmax = np.array([t + w.after for t, w in zip(self._trigger, windows,
-                                                               strict=True)], np.float64)
-            self._sky = PackedSky([e.packed for e in entries], self.cell_order)
-            for k, entry in enumerate(entries):  # one copy of the pixels: views into the sky
-                entry.packed = self._sky.view(k)
-            log.debug("packed sky: %d events, %d pixels, %.1f MB", self._sky.n_events,
-                      self._sky.n_pixels, self._sky.nbytes / 1e6)
-        return self._sky
-
     # -- matching ------------------------------------------------------------------------
 
     def match_arrays(self, alerts: AlertBatch,
                      only: Iterable[str] | None = None) -> MatchArrays:
         """Matches of a batch as columns (the fast path; :meth:`match` builds records)."""
-        sky = self._ensure_sky()
+        n_numbers = self.sky.capacity
         if only is None:
-            active = np.ones(sky.n_events, dtype=bool)
+            active = np.ones(n_numbers, dtype=bool)
         else:
-            active = np.isin(np.array(self._ids, dtype=object), list(set(only)))
-        if len(alerts) and sky.n_events and active.any():
+            active = np.zeros(n_numbers, dtype=bool)
+            for event_id in set(only):
+                entry = self._entries.get(event_id)
+                if entry is not None:
+                    active[entry.number] = True
+        if len(alerts) and self.sky.n_events and active.any():
             pix = alert_pixels(alerts.ra, alerts.dec)
             by_pixel = np.argsort(pix, kind="stable")  # locality: neighbours share cells
-            ai, ei, pj = kernels.match_kernel(
-                pix[by_pixel], alerts.mjd_tai[by_pixel], sky.shift, sky.cell_ptr,
-                sky.pair_event, sky.pair_lo, sky.pair_hi, self._tmin, self._tmax, active,
-                sky.start, sky.log2_width, max(len(alerts), self._capacity_hint))
+            ra, dec = alerts.ra[by_pixel], alerts.dec[by_pixel]
+            ai, ei, values = self.sky.match(
+                pix[by_pixel], kernels.unit_vectors(np.ascontiguousarray(ra, np.float64),
+                                                    np.ascontiguousarray(dec, np.float64)),
+                np.ascontiguousarray(alerts.mjd_tai[by_pixel], np.float64), active,
+                max(len(alerts), self._capacity_hint))
             self._capacity_hint = int(1.25 * len(ai))
             ai = by_pixel[ai]
-            columns = sky.gather(ei, pj)
+            columns = dict(zip(VALUE_COLUMNS, values, strict=True))
         else:
             ai = ei = np.empty(0, np.int64)
             columns = {name: np.empty(0) for name in VALUE_COLUMNS}
@@ -227,15 +231,15 @@ class Matcher:
             return []
         rows, inverse = np.unique(found.alert_index, return_inverse=True)
         alert_iso = _iso_utc(Time(alerts.mjd_tai[rows], format="mjd", scale="tai")).tolist()
-        # per-event fields, computed once per event
-        event_fields = []
-        for event_id in found.event_ids:
-            event = self._entries[event_id].event
-            event_fields.append({
+        # per-event fields, computed once per event that matched
+        event_fields = {}
+        for number in np.unique(found.event_index).tolist():
+            event = self._entries[found.event_ids[number]].event
+            event_fields[number] = {
                 "event_id": event.event_id, "event_revision": int(event.revision),
                 "event_kind": str(event.kind), "instrument": event.instrument,
                 "event_time": str(_iso_utc(event.trigger_time)[0]),
-            })
+            }
         has_distance = np.isfinite(found.distance_mean) & np.isfinite(found.distance_std)
         mean = np.where(has_distance, found.distance_mean, np.nan).tolist()
         std = np.where(has_distance, found.distance_std, np.nan).tolist()

@@ -1,42 +1,51 @@
-"""Packing many localizations into flat arrays with a coarse HEALPix cell lookup.
+"""The live events in flat arrays with an incremental HEALPix cell index.
 
-Only the pixels that can match are kept: those whose credible level (ligo.skymap's
-``searched_prob``) is at most the configured level. Each kept pixel is stored as its
-order-29 NESTED range ``[start, start + 2**log2_width)`` (int64 start, int8 log2 of the
-width) with precomputed per-pixel values:
+Pixel maps (LVK): only the pixels that can match are kept, those whose credible level
+(ligo.skymap's ``searched_prob``) is at most the configured level. Each kept pixel is stored
+as its order-29 NESTED range ``[start, start + 2**log2_width)`` (int64 start, int8 log2 of
+the width) with precomputed per-pixel values:
 
 * ``credible_level`` (0..1) and ``searched_area`` (deg^2) of the smallest credible region
   containing the pixel (greedy ordering by probability density, as ligo.skymap);
 * ``prob_density`` per deg^2 (the map's PROBDENSITY per sr times ``(pi/180)^2``);
-* ``distance_mean``/``distance_std`` (Mpc), conditional on the pixel, NaN without distance
-  (stored only for maps with distance layers; a zero-memory NaN view otherwise).
+* ``distance_mean``/``distance_std`` (Mpc), conditional on the pixel, NaN without distance.
 
-:class:`PackedSky` concatenates the packed localizations of the live events and indexes them
-by coarse NESTED cells of order ``cell_order`` (sorted (cell, event) pairs, CSR layout), so
-that an alert only visits the events whose matchable region touches its cell, and there only
-the few pixels of that event inside the cell. Memory: 33 bytes per kept pixel (49 with
-distance); :meth:`PackedSky.view` gives each event's pixels as views into the concatenated
-arrays, so that a caller can keep those instead of a second copy.
+Analytic regions (circles, ellipses, boxes) keep only their parameters and are evaluated in
+closed form for the alerts of the few cells their credible region's cap overlaps.
+
+:class:`LiveSky` holds every live event and indexes them by cells (see
+:mod:`mmcross.matchers.kernels`) so that an alert only visits the events whose matchable
+region touches its cell; adding or removing one event touches only that event's entries.
+Memory: 49 bytes per kept pixel of a pixel map; an analytic region ~250 bytes plus 40 bytes
+per cell (a handful).
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import healpy as hp
 import numpy as np
 
 from mmcross.matchers import kernels
 from mmcross.matchers.distance import conditional_distance_moments
 from mmcross.model.errors import BadSkymapError
+from mmcross.model.regions import GL_NODES, N_PARAMS, AnalyticRegion
 
 if TYPE_CHECKING:
     from mmcross.model.localization import Localization
 
+log = logging.getLogger(__name__)
+
 DEG2_PER_SR = (180.0 / math.pi) ** 2
 DEFAULT_CELL_ORDER = 6  # coarse cells of ~0.84 deg^2 (0.92 deg across)
+
+
+_PIXRAD = np.array([hp.max_pixrad(1 << k) for k in range(kernels.ORDER_MAX + 1)])
+"""Largest pixel radius (rad) of each order: a cap no larger touches a handful of cells."""
 
 
 def cell_shift(cell_order: int) -> int:
@@ -182,107 +191,283 @@ def pack_localization(localization: Localization, *, max_credible_level: float,
     )
 
 
-class PackedSky:
-    """Packed localizations of many events, concatenated, with the coarse cell lookup.
+def _grown(a: np.ndarray, n: int, fill: float | int | None = None) -> np.ndarray:
+    """``a`` (first axis) grown to at least ``n`` rows, capacity doubled; new rows ``fill``."""
+    if len(a) >= n:
+        return a
+    out = np.empty((max(n, 2 * len(a), 16),) + a.shape[1:], a.dtype)
+    out[:len(a)] = a
+    if fill is not None:
+        out[len(a):] = fill
+    return out
 
-    Event number ``e`` is the position in the sequence given to the constructor. Pixel
-    rows are the concatenation of the events' pixels (``pixel_offset[e]:pixel_offset[e+1]``
-    are event ``e``'s): ``start`` (int64) and ``log2_width`` (int8) give each row's order-29
-    range, ``values`` (float64, row-major, columns ``credible_level``, ``searched_area``,
-    ``prob_density``, also available as column views) the per-pixel values. Distance
-    moments are stored only for events with distance: ``distance`` (float64, ``(m, 2)``:
-    mean, std), event ``e``'s rows from ``distance_offset[e]`` (-1: no distance).
-    :meth:`gather` reads all :data:`VALUE_COLUMNS` of chosen rows. The pairs of coarse cell
-    ``c`` are ``cell_ptr[c]:cell_ptr[c+1]`` in ``pair_event``/``pair_lo``/``pair_hi``
-    (global pixel numbers), in event order within a cell.
+
+@dataclass
+class _Slots:
+    """The index entries of one live event: its slots, and its pixel rows (pixel maps)."""
+
+    slots: np.ndarray
+    order: int
+    rows: slice | None
+
+
+class LiveSky:
+    """The live events, added and removed one at a time, with their cell index.
+
+    Event numbers are slots reused after removal. Per event: ``kind`` (int8,
+    :data:`kernels.PIXEL_MAP` or the analytic region's kind), ``params`` (the region's kernel
+    parameters), ``chord2`` (squared chord of the cap holding the region's credible region at
+    ``max_credible_level``), ``tmin``/``tmax`` (MJD TAI window), ``alive``.
+
+    Pixel maps keep their packed pixels (only those with credible level <= the configured
+    level) in pooled rows: ``start``, ``log2_width``, ``values`` (credible level, searched
+    area deg^2, density per deg^2), ``distance`` (mean, std Mpc; NaN without), indexed by
+    cells of order ``cell_order``. An analytic region keeps no pixels: it is indexed by the
+    cells of the coarsest order (<= ``cell_order``) whose pixels are at least as large as its
+    cap, i.e. a handful of cells, and matched in closed form
+    (:func:`mmcross.model.regions.evaluate`).
+
+    Adding or removing an event costs its own pixels and cells only. Pixel rows freed by
+    removals are reclaimed by compacting the pool once they outnumber the live rows (the
+    pixel maps' rows are moved and their slots shifted; nothing is recomputed).
     """
 
-    def __init__(self, items: Sequence[PackedLocalization],
+    def __init__(self, max_credible_level: float,
                  cell_order: int = DEFAULT_CELL_ORDER) -> None:
-        for i, item in enumerate(items):
-            if item.cell_order != cell_order:
-                raise ValueError(f"localization {i} packed at cell order {item.cell_order}, "
-                                 f"not {cell_order}")
+        cell_shift(cell_order)
+        self.max_credible_level = float(max_credible_level)
         self.cell_order = cell_order
-        self.shift = cell_shift(cell_order)
-        self.n_events = len(items)
-        sizes = np.array([len(it) for it in items], dtype=np.int64)
-        self.pixel_offset = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
-        n = self.n_pixels
-        self.start = np.empty(n, np.int64)
-        self.log2_width = np.empty(n, np.int8)
-        # row-major values: one match reads one row (cache friendly)
-        self.values = np.empty((n, len(_SKY_COLUMNS)), np.float64)
-        with_distance = [it.has_distance for it in items]
-        dist_sizes = np.where(with_distance, sizes, 0)
-        dist_start = np.concatenate(([0], np.cumsum(dist_sizes)))
-        self.distance_offset = np.where(with_distance, dist_start[:-1], -1).astype(np.int64)
-        self.distance = np.empty((int(dist_start[-1]), 2), np.float64)
-        for e, it in enumerate(items):
-            rows = slice(self.pixel_offset[e], self.pixel_offset[e + 1])
-            self.start[rows] = it.start
-            self.log2_width[rows] = it.log2_width
-            for k, name in enumerate(_SKY_COLUMNS):
-                self.values[rows, k] = getattr(it, name)
-            if it.has_distance:
-                d = slice(dist_start[e], dist_start[e + 1])
-                self.distance[d, 0] = it.distance_mean
-                self.distance[d, 1] = it.distance_std
-        for k, name in enumerate(_SKY_COLUMNS):
-            setattr(self, name, self.values[:, k])
-        n_pairs = np.array([len(it.cells) for it in items], dtype=np.int64)
-        self._cells = [it.cells for it in items]
-        self._cell_lo = [it.cell_lo for it in items]
-        self._cell_hi = [it.cell_hi for it in items]
-        if items:
-            cells = np.concatenate(self._cells)
-            event = np.repeat(np.arange(len(items), dtype=np.int64), n_pairs)
-            shift_by = np.repeat(self.pixel_offset[:-1], n_pairs)
-            lo = np.concatenate(self._cell_lo) + shift_by
-            hi = np.concatenate(self._cell_hi) + shift_by
-        else:
-            cells = event = lo = hi = np.empty(0, np.int64)
-        ncell = 12 * 4**cell_order
-        self.cell_ptr, order = kernels.group_by_cell(cells, ncell)
-        self.pair_event = event[order]
-        self.pair_lo = lo[order]
-        self.pair_hi = hi[order]
+        self.level_offset = np.zeros(cell_order + 2, np.int64)
+        for k in range(cell_order + 1):
+            self.level_offset[k + 1] = self.level_offset[k] + 12 * 4**k
+        self.head = np.full(int(self.level_offset[-1]), -1, np.int64)
+        self._level_count = np.zeros(cell_order + 1, np.int64)
+        # slots
+        self.next_slot = np.empty(0, np.int64)
+        self.slot_head = np.empty(0, np.int64)
+        self.slot_event = np.empty(0, np.int64)
+        self.slot_lo = np.empty(0, np.int64)
+        self.slot_hi = np.empty(0, np.int64)
+        self._free_slots: list[int] = []
+        self._n_slots = 0
+        # events
+        self.kind = np.empty(0, np.int8)
+        self.params = np.empty((0, N_PARAMS), np.float64)
+        self.chord2 = np.empty(0, np.float64)
+        self.tmin = np.empty(0, np.float64)
+        self.tmax = np.empty(0, np.float64)
+        self.alive = np.empty(0, np.bool_)
+        self._event_slots: dict[int, _Slots] = {}
+        self._free_events: list[int] = []
+        self._n_events = 0
+        # pixel rows
+        self.start = np.empty(0, np.int64)
+        self.log2_width = np.empty(0, np.int8)
+        self.values = np.empty((0, 3), np.float64)
+        self.distance = np.empty((0, 2), np.float64)
+        self._n_rows = 0
+        self._live_rows = 0
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    @property
+    def n_events(self) -> int:
+        """Number of live events."""
+        return len(self._event_slots)
+
+    @property
+    def capacity(self) -> int:
+        """Number of event numbers in use or free (the length of the per-event arrays)."""
+        return self._n_events
 
     @property
     def n_pixels(self) -> int:
-        return int(self.pixel_offset[-1])
+        """Packed pixel rows of the live pixel maps."""
+        return self._live_rows
 
     @property
-    def end(self) -> np.ndarray:
-        """int64 end (exclusive) of each row's order-29 range (computed)."""
-        return self.start + (np.int64(1) << self.log2_width.astype(np.int64))
-
-    def gather(self, event: np.ndarray, row: np.ndarray) -> dict[str, np.ndarray]:
-        """The :data:`VALUE_COLUMNS` (new float64 arrays) of global pixel rows ``row``
-        belonging to events ``event`` (distance NaN for events without distance)."""
-        out = kernels.gather_kernel(np.asarray(event, np.int64), np.asarray(row, np.int64),
-                                    self.values, self.distance, self.distance_offset,
-                                    self.pixel_offset)
-        return dict(zip(VALUE_COLUMNS, out, strict=True))
-
-    def view(self, e: int) -> PackedLocalization:
-        """Event ``e``'s packed pixels as views into this sky's arrays (no copy)."""
-        rows = slice(self.pixel_offset[e], self.pixel_offset[e + 1])
-        n = rows.stop - rows.start
-        off = self.distance_offset[e]
-        if off >= 0:
-            mean, std = self.distance[off:off + n, 0], self.distance[off:off + n, 1]
-        else:
-            mean = std = _nan_view(n)
-        return PackedLocalization(
-            start=self.start[rows], log2_width=self.log2_width[rows],
-            credible_level=self.credible_level[rows], searched_area=self.searched_area[rows],
-            prob_density=self.prob_density[rows], distance_mean=mean, distance_std=std,
-            cells=self._cells[e], cell_lo=self._cell_lo[e], cell_hi=self._cell_hi[e],
-            cell_order=self.cell_order, has_distance=bool(off >= 0))
+    def levels(self) -> np.ndarray:
+        """The cell orders that index at least one event (int64, ascending)."""
+        return np.flatnonzero(self._level_count).astype(np.int64)
 
     @property
     def nbytes(self) -> int:
-        arrays = ["start", "log2_width", "values", "distance", "cell_ptr", "pair_event",
-                  "pair_lo", "pair_hi"]
-        return sum(getattr(self, name).nbytes for name in arrays)
+        """Bytes held by the index, the per-event arrays and the pixel pool."""
+        arrays = ("head", "next_slot", "slot_head", "slot_event", "slot_lo", "slot_hi",
+                  "kind", "params", "chord2", "tmin", "tmax", "alive", "start",
+                  "log2_width", "values", "distance")
+        return sum(getattr(self, a).nbytes for a in arrays)
+
+    def event_nbytes(self, e: int) -> int:
+        """Bytes used by event ``e``: its per-event entries, slots and pixel rows."""
+        per_event = (self.kind.itemsize + self.params[0].nbytes + self.chord2.itemsize
+                     + self.tmin.itemsize + self.tmax.itemsize + self.alive.itemsize)
+        entry = self._event_slots[e]
+        per_slot = 5 * 8
+        rows = 0 if entry.rows is None else entry.rows.stop - entry.rows.start
+        per_row = 8 + 1 + 3 * 8 + 2 * 8
+        return per_event + per_slot * len(entry.slots) + per_row * rows
+
+    def _new_event(self, kind: int, tmin: float, tmax: float) -> int:
+        if self._free_events:
+            e = self._free_events.pop()
+        else:
+            e = self._n_events
+            self._n_events += 1
+            n = self._n_events
+            self.kind = _grown(self.kind, n, kernels.PIXEL_MAP)
+            self.params = _grown(self.params, n, 0.0)
+            self.chord2 = _grown(self.chord2, n, -1.0)
+            self.tmin = _grown(self.tmin, n, np.inf)
+            self.tmax = _grown(self.tmax, n, -np.inf)
+            self.alive = _grown(self.alive, n, False)
+        self.kind[e] = kind
+        self.tmin[e], self.tmax[e] = tmin, tmax
+        self.alive[e] = True
+        return e
+
+    def _link(self, e: int, order: int, cells: np.ndarray, lo: np.ndarray,
+              hi: np.ndarray, rows: slice | None) -> None:
+        k = len(cells)
+        free = self._free_slots[-k:] if k else []
+        del self._free_slots[len(self._free_slots) - len(free):]
+        fresh = k - len(free)
+        first = self._n_slots
+        self._n_slots += fresh
+        n = self._n_slots
+        self.next_slot = _grown(self.next_slot, n, -1)
+        self.slot_head = _grown(self.slot_head, n, -1)
+        self.slot_event = _grown(self.slot_event, n, -1)
+        self.slot_lo = _grown(self.slot_lo, n, 0)
+        self.slot_hi = _grown(self.slot_hi, n, 0)
+        slots = np.concatenate([np.asarray(free, np.int64),
+                                np.arange(first, first + fresh, dtype=np.int64)])
+        self.slot_event[slots] = e
+        self.slot_lo[slots] = lo
+        self.slot_hi[slots] = hi
+        kernels.link_slots(self.head, self.next_slot, self.slot_head, slots,
+                           self.level_offset[order] + np.asarray(cells, np.int64))
+        self._level_count[order] += 1
+        self._event_slots[e] = _Slots(slots, order, rows)
+
+    # -- adding and removing ---------------------------------------------------------------
+
+    def add_pixels(self, packed: PackedLocalization, tmin: float, tmax: float) -> int:
+        """Add a packed pixel map with time window [tmin, tmax] (MJD TAI); returns its event
+        number."""
+        if packed.cell_order != self.cell_order:
+            raise ValueError(f"localization packed at cell order {packed.cell_order}, not "
+                             f"{self.cell_order}")
+        e = self._new_event(kernels.PIXEL_MAP, tmin, tmax)
+        n = len(packed)
+        r0 = self._n_rows
+        self._n_rows += n
+        self._live_rows += n
+        self.start = _grown(self.start, self._n_rows)
+        self.log2_width = _grown(self.log2_width, self._n_rows)
+        self.values = _grown(self.values, self._n_rows)
+        self.distance = _grown(self.distance, self._n_rows)
+        rows = slice(r0, r0 + n)
+        self.start[rows] = packed.start
+        self.log2_width[rows] = packed.log2_width
+        for k, name in enumerate(_SKY_COLUMNS):
+            self.values[rows, k] = getattr(packed, name)
+        self.distance[rows, 0] = packed.distance_mean
+        self.distance[rows, 1] = packed.distance_std
+        self._link(e, self.cell_order, packed.cells, packed.cell_lo + r0, packed.cell_hi + r0,
+                   rows)
+        return e
+
+    def region_cells(self, region: AnalyticRegion) -> tuple[int, np.ndarray, float]:
+        """(cell order, cells overlapping the cap of ``region``'s credible region at the
+        configured level, squared chord of that cap)."""
+        radius = math.radians(region.cap_radius(self.max_credible_level))
+        radius = min(radius * (1 + 1e-9) + 1e-12, math.pi)
+        order = self.cell_order
+        while order > 0 and _PIXRAD[order] < radius:
+            order -= 1
+        vec = region.params[0:3]
+        cells = hp.query_disc(1 << order, vec, radius, inclusive=True, nest=True)
+        chord2 = (2.0 * math.sin(0.5 * radius)) ** 2
+        return order, np.sort(np.asarray(cells, np.int64)), chord2
+
+    def add_region(self, region: AnalyticRegion, tmin: float, tmax: float) -> int:
+        """Add an analytic region with time window [tmin, tmax] (MJD TAI); returns its event
+        number."""
+        order, cells, chord2 = self.region_cells(region)
+        e = self._new_event(region.kind, tmin, tmax)
+        self.params[e] = region.params
+        self.chord2[e] = chord2
+        zeros = np.zeros(len(cells), np.int64)
+        self._link(e, order, cells, zeros, zeros, None)
+        return e
+
+    def remove(self, e: int) -> None:
+        """Remove event ``e`` (its number becomes free)."""
+        entry = self._event_slots.pop(e)
+        kernels.unlink_slots(self.head, self.next_slot, self.slot_head, entry.slots)
+        self._level_count[entry.order] -= 1
+        self._free_slots.extend(entry.slots.tolist())
+        self.alive[e] = False
+        self.kind[e] = kernels.PIXEL_MAP
+        self.chord2[e] = -1.0
+        self.tmin[e], self.tmax[e] = np.inf, -np.inf
+        self._free_events.append(e)
+        if entry.rows is not None:
+            self._live_rows -= entry.rows.stop - entry.rows.start
+            if self._n_rows - self._live_rows > max(self._live_rows, 1 << 16):
+                self._compact()
+
+    def _compact(self) -> None:
+        """Move the live pixel maps' rows to the front of the pool and shift their slots."""
+        shift = np.zeros(self._n_events, np.int64)
+        at = 0
+        for e, entry in sorted(self._event_slots.items(), key=lambda kv: (
+                kv[1].rows.start if kv[1].rows is not None else -1)):
+            if entry.rows is None:
+                continue
+            n = entry.rows.stop - entry.rows.start
+            src, dst = entry.rows, slice(at, at + n)
+            for a in (self.start, self.log2_width, self.values, self.distance):
+                a[dst] = a[src]
+            shift[e] = at - src.start
+            self.slot_lo[entry.slots] += shift[e]
+            self.slot_hi[entry.slots] += shift[e]
+            entry.rows = dst
+            at += n
+        log.debug("pixel pool compacted: %d -> %d rows", self._n_rows, at)
+        self._n_rows = at
+
+    def rows(self, e: int) -> slice | None:
+        """Pixel map ``e``'s rows in the pool (``None`` for an analytic region)."""
+        return self._event_slots[e].rows
+
+    def view(self, e: int) -> PackedLocalization | None:
+        """Pixel map ``e``'s packed pixels as views into the pool (``None`` for a region)."""
+        entry = self._event_slots[e]
+        if entry.rows is None:
+            return None
+        rows = entry.rows
+        lo = self.slot_lo[entry.slots]
+        order = np.argsort(lo, kind="stable")
+        cells = (self.slot_head[entry.slots] - self.level_offset[self.cell_order])[order]
+        has = bool(rows.stop > rows.start and np.isfinite(self.distance[rows.start, 0]))
+        return PackedLocalization(
+            start=self.start[rows], log2_width=self.log2_width[rows],
+            credible_level=self.values[rows, 0], searched_area=self.values[rows, 1],
+            prob_density=self.values[rows, 2], distance_mean=self.distance[rows, 0],
+            distance_std=self.distance[rows, 1], cells=cells,
+            cell_lo=lo[order] - rows.start, cell_hi=self.slot_hi[entry.slots][order] - rows.start,
+            cell_order=self.cell_order, has_distance=has)
+
+    # -- matching --------------------------------------------------------------------------
+
+    def match(self, ipix: np.ndarray, vec: np.ndarray, mjd: np.ndarray, active: np.ndarray,
+              capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`kernels.match_kernel` over the live events (``active`` per event number)."""
+        return kernels.match_kernel(
+            ipix, vec, mjd, self.levels, self.level_offset, self.head, self.next_slot,
+            self.slot_event, self.slot_lo, self.slot_hi, self.kind, self.params, self.chord2,
+            self.tmin, self.tmax, active & self.alive[:self._n_events], self.start,
+            self.log2_width, self.values, self.distance, self.max_credible_level, *GL_NODES,
+            capacity)

@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from astropy.io import fits
 from mocpy import MOC
 
 from mmcross.model.errors import BadSkymapError
+from mmcross.model.regions import AnalyticRegion
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,19 @@ class Localization:
         distmu, distsigma, distnorm: LVK distance layers (Mpc, Mpc, Mpc^-2) or ``None``.
         meta: FITS header keywords worth keeping (``OBJECT``, ``DATE-OBS``, ``CREATOR``...),
             plus ``"SHAPE"`` describing the analytic model for rasterised shapes.
+        region: the analytic region of a localization made by :meth:`from_region` (``None``
+            for pixel maps).
     """
+
+    region: AnalyticRegion | None = None
+
+    @classmethod
+    def from_region(cls, region: AnalyticRegion,
+                    rasterise: Callable[[], Localization]) -> Localization:
+        """A localization evaluated in closed form from ``region``; ``rasterise()`` makes its
+        pixel map when one is asked for (``uniq``, :meth:`credible_levels`, :meth:`moc`,
+        :meth:`to_fits_bytes`...), kept until :meth:`release_caches`."""
+        return _AnalyticLocalization(region, rasterise)
 
     def __init__(
         self,
@@ -336,6 +350,12 @@ class Localization:
         k = self.pixel_index(ra, dec)
         return np.where(k >= 0, self.credible_levels()[np.maximum(k, 0)], 1.0)
 
+    def searched_area_at(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+        """Searched area (deg^2) at positions in degrees ICRS (the whole sky outside the map)."""
+        k = self.pixel_index(ra, dec)
+        return np.where(k >= 0, self.searched_areas_deg2()[np.maximum(k, 0)],
+                        4 * np.pi * SR_TO_DEG2)
+
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``n`` random positions (ra, dec in degrees ICRS) drawn from the map: a pixel with
         probability equal to its probability, then uniformly within it (order-29 subpixel)."""
@@ -404,6 +424,76 @@ class Localization:
             raise
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             raise BadSkymapError(f"cannot read sky map {where}: {exc}") from exc
+
+
+class _AnalyticLocalization(Localization):
+    """A :class:`Localization` of an analytic region: point lookups, areas and samples in
+    closed form; the pixel attributes (``uniq``, ``probdensity``...) and everything computed
+    from them come from the pixel map made on demand (see :meth:`Localization.from_region`)."""
+
+    distmu = distsigma = distnorm = None
+
+    def __init__(self, region: AnalyticRegion, rasterise: Callable[[], Localization]) -> None:
+        self.region = region
+        self.meta = {"SHAPE": region.describe()}
+        self._rasterise = rasterise
+        self._pixels: Localization | None = None
+
+    def pixels(self) -> Localization:
+        """The rasterised pixel map (made on first use)."""
+        if self._pixels is None:
+            self._pixels = self._rasterise()
+        return self._pixels
+
+    @property
+    def uniq(self) -> np.ndarray:  # type: ignore[override]
+        return self.pixels().uniq
+
+    @property
+    def probdensity(self) -> np.ndarray:  # type: ignore[override]
+        return self.pixels().probdensity
+
+    @property
+    def _order(self) -> np.ndarray:  # type: ignore[override]
+        return self.pixels()._order
+
+    @property
+    def _cache(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.pixels()._cache
+
+    @property
+    def total_probability(self) -> float:
+        return 1.0
+
+    def release_caches(self) -> None:
+        """Drop the pixel map (made again when needed)."""
+        self._pixels = None
+
+    @property
+    def cache_nbytes(self) -> int:
+        return 0 if self._pixels is None else self._pixels.nbytes
+
+    @property
+    def nbytes(self) -> int:
+        return self.region.params.nbytes + self.cache_nbytes
+
+    def __repr__(self) -> str:
+        return f"Localization({self.region.describe()}, 90% area {self.area(0.9):.4g} deg2)"
+
+    def area(self, credible_level: float = 0.9) -> float:
+        return self.region.area(credible_level)
+
+    def density_at(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+        return self.region.density(ra, dec)
+
+    def credible_level_at(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+        return self.region.credible_level(ra, dec)
+
+    def searched_area_at(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+        return self.region.searched_area(ra, dec)
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return self.region.sample(n, rng)
 
 
 # --------------------------------------------------------------------------------------------

@@ -57,6 +57,20 @@ from mmcross.model.localization import (
     uniq_to_order_ipix,
     uniq_to_ranges29,
 )
+from mmcross.model.regions import (
+    P_SIG,
+    P_TRUNC,
+    AnalyticRegion,
+    Box,
+    Ellipse,
+    FisherCircle,
+    GaussianCircle,
+    fisher_kappa,
+    geometric_bisect,
+    local_frame,
+    rho_of_containment,
+    unit_vector,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +80,6 @@ _MODELS = ("fisher", "gaussian")
 # --------------------------------------------------------------------------------------------
 # Geometry helpers
 # --------------------------------------------------------------------------------------------
-
-def unit_vector(ra: float | np.ndarray, dec: float | np.ndarray) -> np.ndarray:
-    """Unit vector(s) (..., 3) of positions in degrees ICRS."""
-    a, d = np.radians(ra), np.radians(dec)
-    return np.stack([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d)], axis=-1)
-
-
-def local_frame(ra: float, dec: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(centre, east, north) unit vectors at (ra, dec) degrees ICRS."""
-    a, d = math.radians(ra), math.radians(dec)
-    centre = np.array([math.cos(d) * math.cos(a), math.cos(d) * math.sin(a), math.sin(d)])
-    east = np.array([-math.sin(a), math.cos(a), 0.0])
-    north = np.array([-math.sin(d) * math.cos(a), -math.sin(d) * math.sin(a), math.cos(d)])
-    return centre, east, north
-
 
 def lambert_xy(vec: np.ndarray, centre: np.ndarray, east: np.ndarray,
                north: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -139,24 +138,6 @@ class _Model:
         return -1, p, np.zeros(2), np.zeros(2)
 
 
-def _rho_of_containment(containment: float) -> float:
-    """Mahalanobis radius of a 2-D Gaussian holding ``containment``."""
-    return math.sqrt(-2.0 * math.log1p(-containment))
-
-
-def _bisect(f, lo: float, hi: float, n: int = 200) -> float:
-    """Root of increasing ``f`` on [lo, hi] (geometric bisection, lo > 0)."""
-    for _ in range(n):
-        mid = math.sqrt(lo * hi)
-        if f(mid) > 0:
-            hi = mid
-        else:
-            lo = mid
-        if hi / lo - 1 < 1e-15:
-            break
-    return math.sqrt(lo * hi)
-
-
 class FisherModel(_Model):
     """von Mises-Fisher: density ~ exp(-kappa u), u = 1 - cos(theta) = chord^2 / 2."""
 
@@ -186,23 +167,6 @@ class FisherModel(_Model):
     def describe(self):
         return (f"circle fisher ra={self.ra:.6f} dec={self.dec:.6f} r={self.radius:.6g}deg "
                 f"cl={self.containment:g} kappa={self.kappa:.6g}")
-
-
-def fisher_kappa(radius: float, containment: float) -> float:
-    """Concentration kappa of a von Mises-Fisher distribution whose cap of ``radius`` (deg)
-    holds ``containment``. Raises ValueError when even a uniform sky would hold more."""
-    u = 2.0 * math.sin(math.radians(radius) / 2) ** 2
-    if u / 2 >= containment:
-        raise ValueError(f"a {radius} deg cap covers {u / 2:.4f} of the sky, not less than "
-                         f"the containment {containment}")
-    k_hi = -math.log1p(-containment) / u  # exact when exp(-2 kappa) is negligible
-
-    def g(k: float) -> float:
-        return -math.expm1(-k * u) - containment * -math.expm1(-2.0 * k)
-
-    if g(k_hi * (1 - 1e-15)) <= 0 or math.exp(-2 * k_hi) == 0:
-        return k_hi
-    return _bisect(g, k_hi * 1e-12, k_hi)
 
 
 class _LambertGaussian(_Model):
@@ -261,13 +225,13 @@ class GaussianCircleModel(_Model):
             raise ValueError(f"a {radius} deg cap covers {(1 - math.cos(r)) / 2:.4f} of the "
                              f"sky, not less than the containment {containment}")
         self.radius, self.containment = radius, containment
-        sig0 = r / _rho_of_containment(containment)
+        sig0 = r / rho_of_containment(containment)
 
         def g(sig: float) -> float:  # CL(r) decreases as sigma grows
             self._tabulate(sig)
             return containment - float(self.cl(np.array([r]))[0])
 
-        self.sigma = sig0 if abs(g(sig0)) < 1e-13 else _bisect(g, sig0 * 0.5, sig0 * 1e3)
+        self.sigma = sig0 if abs(g(sig0)) < 1e-13 else geometric_bisect(g, sig0 * 0.5, sig0 * 1e3)
         self._tabulate(self.sigma)
 
     def _tabulate(self, sigma: float) -> None:
@@ -308,37 +272,28 @@ class GaussianCircleModel(_Model):
                 f"cl={self.containment:g} sigma={math.degrees(self.sigma):.6g}deg")
 
 
-class EllipseModel(_LambertGaussian):
-    """2-D Gaussian whose ``containment`` ellipse has semi-axes a >= b (deg), the major axis
-    at position angle ``pa`` (deg east of north)."""
+class LambertRegionModel(_LambertGaussian):
+    """The Lambert-plane (split) Gaussian of an :class:`~mmcross.model.regions.Ellipse` or
+    :class:`~mmcross.model.regions.Box`, with the region's own scales and truncation."""
 
-    def __init__(self, ra, dec, semi_major, semi_minor, position_angle, containment):
-        rho = _rho_of_containment(containment)
-        sa = 2.0 * math.sin(math.radians(semi_major) / 2) / rho
-        sb = 2.0 * math.sin(math.radians(semi_minor) / 2) / rho
-        # rotate so the local "north" axis is the major axis: y' = x sin(pa) + y cos(pa)
-        super().__init__(ra, dec, sb, sb, sa, sa, pa=position_angle)
-        self.params = (semi_major, semi_minor, position_angle, containment)
-
-    def describe(self):
-        a, b, pa, c = self.params
-        return (f"ellipse ra={self.ra:.6f} dec={self.dec:.6f} a={a:.6g}deg b={b:.6g}deg "
-                f"pa={pa:.6g}deg cl={c:g}")
-
-
-class BoxModel(_LambertGaussian):
-    """Split 2-D Gaussian reaching the stated on-sky errors (deg) at ``containment``."""
-
-    def __init__(self, ra, dec, east, west, north, south, containment):
-        rho = _rho_of_containment(containment)
-        sig = [2.0 * math.sin(math.radians(e) / 2) / rho for e in (east, west, north, south)]
-        super().__init__(ra, dec, *sig)
-        self.params = (east, west, north, south, containment)
+    def __init__(self, region: Ellipse | Box) -> None:
+        p = region.params
+        pa = region.position_angle if isinstance(region, Ellipse) else 0.0
+        super().__init__(region.ra, region.dec, *(float(x) for x in p[P_SIG:P_SIG + 4]),
+                         pa=pa, truncation=float(p[P_TRUNC]))
+        self.region = region
 
     def describe(self):
-        e, w, n, s, c = self.params
-        return (f"box ra={self.ra:.6f} dec={self.dec:.6f} east={e:.6g}deg west={w:.6g}deg "
-                f"north={n:.6g}deg south={s:.6g}deg cl={c:g}")
+        return self.region.describe()
+
+
+def model_of(region: AnalyticRegion) -> _Model:
+    """The rasterisation model of an analytic region."""
+    if isinstance(region, FisherCircle):
+        return FisherModel(region.ra, region.dec, region.radius, region.containment)
+    if isinstance(region, GaussianCircle):
+        return GaussianCircleModel(region.ra, region.dec, region.radius, region.containment)
+    return LambertRegionModel(region)
 
 
 # --------------------------------------------------------------------------------------------
@@ -733,28 +688,35 @@ def _check_containment(containment: float) -> None:
         raise ValueError(f"containment must be in (0, 1), got {containment}")
 
 
+def region_localization(region: AnalyticRegion, *, tolerance: float = 1e-3,
+                        max_order: int | None = None) -> Localization:
+    """An analytic :class:`Localization` of ``region``: credible levels, densities, areas and
+    samples in closed form; its pixels (``uniq``, MOC, FITS export) are rasterised on demand
+    to ``tolerance`` and ``max_order`` (see :func:`rasterise`)."""
+    if not 0 < tolerance < 1:
+        raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
+    return Localization.from_region(
+        region, lambda: rasterise(model_of(region), tolerance, max_order))
+
+
 def circle(ra: float, dec: float, radius: float, containment: float = 0.9, *,
            model: str = "fisher", tolerance: float = 1e-3,
            max_order: int | None = None) -> Localization:
-    """A circular error region centred on (ra, dec), degrees ICRS, as a sky map.
+    """A circular error region centred on (ra, dec), degrees ICRS.
 
     ``radius`` (deg) encloses ``containment`` of the probability. ``model="fisher"`` is a
-    von Mises-Fisher distribution on the sphere; ``"gaussian"`` a circular 2-D Gaussian in
-    the Lambert azimuthal equal-area plane. Rasterised so that the credible level of any
-    point is right to about ``tolerance``, down to ``max_order`` (default ``None``: as deep
-    as the radius needs, at most 29); see :func:`rasterise`.
+    von Mises-Fisher distribution on the sphere; ``"gaussian"`` a Gaussian in angular
+    distance. Matched in closed form; ``tolerance`` and ``max_order`` set the accuracy of
+    the pixels made on demand for export (:func:`region_localization`).
     """
     _check_centre(ra, dec, "circle centre")
     _check_positive("circle", radius=radius)
     _check_containment(containment)
     if model not in _MODELS:
         raise ValueError(f"circle model must be one of {_MODELS}, got {model!r}")
-    try:
-        m = (FisherModel if model == "fisher" else GaussianCircleModel)(ra, dec, radius,
-                                                                         containment)
-    except ValueError as exc:
-        raise BadCoordinatesError(f"circle at ({ra}, {dec}): {exc}") from exc
-    return rasterise(m, tolerance, max_order)
+    cls = FisherCircle if model == "fisher" else GaussianCircle
+    return region_localization(cls(ra, dec, radius, containment), tolerance=tolerance,
+                               max_order=max_order)
 
 
 def ellipse(ra: float, dec: float, semi_major: float, semi_minor: float,
@@ -770,10 +732,8 @@ def ellipse(ra: float, dec: float, semi_major: float, semi_minor: float,
         raise BadCoordinatesError(f"ellipse position angle {position_angle!r} is not finite")
     if semi_minor > semi_major:
         semi_major, semi_minor, position_angle = semi_minor, semi_major, position_angle + 90
-    if semi_major >= 90:
-        raise BadCoordinatesError(f"ellipse semi-major axis {semi_major} deg is >= 90 deg")
-    m = EllipseModel(ra, dec, semi_major, semi_minor, position_angle % 180, containment)
-    return rasterise(m, tolerance, max_order)
+    region = Ellipse(ra, dec, semi_major, semi_minor, position_angle % 180, containment)
+    return region_localization(region, tolerance=tolerance, max_order=max_order)
 
 
 def box(ra: float, dec: float, ra_plus: float, ra_minus: float, dec_plus: float,
@@ -794,8 +754,5 @@ def box(ra: float, dec: float, ra_plus: float, ra_minus: float, dec_plus: float,
         east = west = 0.5 * (dec_plus + dec_minus)
     else:
         east, west = ra_plus * cosd, ra_minus * cosd
-    if max(east, west, dec_plus, dec_minus) >= 90:
-        raise BadCoordinatesError(f"box errors ({east}, {west}, {dec_plus}, {dec_minus}) deg "
-                                  "reach 90 deg")
-    m = BoxModel(ra, dec, east, west, dec_plus, dec_minus, containment)
-    return rasterise(m, tolerance, max_order)
+    region = Box(ra, dec, east, west, dec_plus, dec_minus, containment)
+    return region_localization(region, tolerance=tolerance, max_order=max_order)
