@@ -44,7 +44,7 @@ class NoticeContext:
     roles: tuple[str, ...] = ("observation",)
     tolerance: float = 1e-3
     max_order: int | None = None
-    max_skymap_bytes: int = 256 * 1024 * 1024
+    max_skymap_bytes: int = 64 * 1024 * 1024
     notice_format: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 

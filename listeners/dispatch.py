@@ -48,7 +48,7 @@ _SCHEMA_PATH = re.compile(r"/gcn/notices/([^?#]+?)(?:\.schema)?\.json")
 def parse_notice(payload: bytes, *, topic: str | None = None, source: str = "",
                  roles: tuple[str, ...] | list[str] = ("observation",),
                  tolerance: float = 1e-3, max_order: int | None = None,
-                 max_skymap_bytes: int = 256 * 1024 * 1024) -> Event:
+                 max_skymap_bytes: int = 64 * 1024 * 1024) -> Event:
     """Parse one GCN notice into an :class:`Event`.
 
     Args:
@@ -114,9 +114,13 @@ def _check_plausible(event: Event, ctx: NoticeContext) -> None:
 
 
 def read_notice_file(path: str | Path, **kwargs: Any) -> Event:
-    """Parse a notice file (any supported format); ``source`` is the path."""
+    """Parse a notice file (any supported format); ``source`` is the path. A file larger than
+    twice ``max_skymap_bytes`` (base64 of the largest map plus the notice) is refused unread."""
     p = Path(path)
+    limit = 2 * int(kwargs.get("max_skymap_bytes", 64 * 1024 * 1024))
     try:
+        if (size := p.stat().st_size) > limit:
+            raise BadNoticeError(f"notice file {p} is {size} bytes, over the {limit} byte limit")
         payload = p.read_bytes()
     except OSError as exc:
         raise BadNoticeError(f"cannot read notice file {p}: {exc}") from exc

@@ -94,6 +94,9 @@ def _parse_alert(d: dict[str, Any], ctx: NoticeContext, *, skymap_is_base64: boo
     if skymap_is_base64:
         if not isinstance(raw_map, str) or not raw_map:
             raise ctx.bad(f"LVK {alert_type} {sid}: event.skymap missing or not base64 text")
+        if len(raw_map) // 4 * 3 > ctx.max_skymap_bytes:  # checked before decoding
+            raise ctx.bad(f"LVK {alert_type} {sid}: event.skymap of {len(raw_map)} base64 "
+                          f"characters is over the {ctx.max_skymap_bytes} byte limit")
         try:
             fits_bytes = base64.b64decode(raw_map, validate=True)
         except (binascii.Error, ValueError) as exc:

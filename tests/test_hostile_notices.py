@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mmcross.listeners import parse_notice
-from mmcross.model.errors import BadNoticeError, MmcrossError
+from mmcross.model.errors import BadNoticeError, BadSkymapError, MmcrossError
 from mmcross.model.event import Event
 from mmcross.model.plausibility import (
     EARLIEST_MJD,
@@ -47,8 +47,9 @@ def _fermi(shared_file, **changes) -> bytes:
     return json.dumps(doc).encode()
 
 
-def _refused(payload: bytes, **options) -> BadNoticeError:
-    with pytest.raises(BadNoticeError) as info:
+def _refused(payload: bytes, error: type[MmcrossError] = BadNoticeError,
+             **options) -> MmcrossError:
+    with pytest.raises(error) as info:
         parse_notice(payload, **{**OPTIONS, **options})
     assert "hostile-test" in str(info.value)  # the source is named
     return info.value
@@ -203,3 +204,51 @@ def test_json_fields_replaced_by_hostile_values(shared_file, key, value) -> None
 def test_fuzz_corpus_is_real(originals) -> None:
     assert len(originals) == len(FUZZ_FILES) and all(len(o) > 200 for o in originals)
     assert all(Path(p).suffix in (".xml", ".json", ".avro") for p in FUZZ_FILES)
+
+
+# -- cost bombs ----------------------------------------------------------------------------
+
+LVK_JSON = "gcn/json/fink-mm/S230518h-initial.json"
+
+
+def _lvk_with_map(shared_file, fits_bytes: bytes) -> bytes:
+    import base64
+
+    doc = json.loads(shared_file(LVK_JSON).read_bytes())
+    doc["event"]["skymap"] = base64.b64encode(fits_bytes).decode()
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.timeout(120)
+def test_a_gzip_bomb_sky_map_is_refused_while_decompressing(shared_file) -> None:
+    """A ~100 KiB notice whose gzip map inflates to 96 MiB: refused at the 64 MiB limit
+    before any FITS parsing, peak memory near the limit, not a multiple of it."""
+    import gzip
+    import tracemalloc
+
+    bomb = gzip.compress(b"SIMPLE  =" + bytes(96 << 20), compresslevel=9)
+    payload = _lvk_with_map(shared_file, bomb)
+    assert len(payload) < 1 << 20
+    tracemalloc.start()
+    try:
+        error = _refused(payload, BadSkymapError)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "limit" in str(error)
+    assert peak < 200 << 20, f"peak {peak / 2**20:.0f} MiB while refusing the bomb"
+
+
+def test_an_oversized_base64_map_is_refused_before_decoding(shared_file) -> None:
+    payload = _lvk_with_map(shared_file, b"SIMPLE  =" + b" " * 1000)
+    error = _refused(payload, max_skymap_bytes=512)
+    assert "base64" in str(error) and "limit" in str(error)
+
+
+def test_an_oversized_notice_file_is_refused_unread(tmp_path) -> None:
+    from mmcross.listeners import read_notice_file
+
+    big = tmp_path / "big.json"
+    big.write_bytes(b"{" + b" " * 5000 + b"}")
+    with pytest.raises(BadNoticeError, match="over the 2048 byte limit"):
+        read_notice_file(big, max_skymap_bytes=1024)

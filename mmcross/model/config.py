@@ -108,5 +108,5 @@ def notice_options(config: Config) -> dict[str, Any]:
         "roles": tuple(config.get("listeners.roles", ["observation"])),
         "tolerance": float(config.get("localization.credible_level_tolerance", 1e-3)),
         "max_order": int(config.get("localization.max_order", 29)),
-        "max_skymap_bytes": int(config.get("localization.max_skymap_bytes", 256 << 20)),
+        "max_skymap_bytes": int(config.get("localization.max_skymap_bytes", 64 << 20)),
     }
