@@ -209,7 +209,7 @@ def iter_blocks(buf: np.ndarray, header: ContainerHeader, source: str
     first = 0
     n = len(buf)
     while pos < n:
-        count = -1
+        count = size = p = -1
         try:
             count, p = _long(raw, pos)
             size, p = _long(raw, p)
@@ -228,8 +228,11 @@ def iter_blocks(buf: np.ndarray, header: ContainerHeader, source: str
                 f"records #{first}..#{first + count - 1}"
             yield BadAlertError(f"corrupt Avro container block ({what} lost): {exc}",
                                 source=f"{source}#{first}", index=first)
-            nxt = bytes(raw[pos + 1:]).find(header.sync)
             first += max(count, 0)
+            if count >= 0 and size >= 0 and p + size + SYNC_SIZE <= n:
+                pos = p + size + SYNC_SIZE  # framing readable: the next block starts there
+                continue
+            nxt = bytes(raw[pos + 1:]).find(header.sync)
             if nxt < 0:
                 return
             pos = pos + 1 + nxt + SYNC_SIZE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+from pathlib import Path
 
 import fastavro
 import numpy as np
@@ -13,7 +14,12 @@ from astropy.time import Time
 from mmcross.app.simulate import simulate_night
 from mmcross.brokers.alert_decoding import decode_wire, decode_wire_many, encode_wire, split_wire
 from mmcross.brokers.alert_files import iter_alert_batches, read_alert_file, write_wire_stream
-from mmcross.brokers.rubin_schemas import get_schema, known_schema_ids, latest_schema_id
+from mmcross.brokers.rubin_schemas import (
+    get_schema,
+    known_schema_ids,
+    latest_schema_id,
+    schema_id_from_name,
+)
 from mmcross.model.errors import BadAlertError
 
 LSST = "alerts/lsst/samples/"
@@ -223,3 +229,199 @@ def test_directory_of_samples_streams_in_chunks(shared_file):
     assert [len(b) for b in batches] == [2, 2, 1] and not seen
     ids = set(np.concatenate([b.alert_id for b in batches]).tolist())
     assert ids == {v[0] for v in RUBIN_SAMPLES.values()}
+
+
+# -- Avro container files (numba walker + prefix kernel) vs fastavro full decodes --------------
+
+CODECS = ("null", "deflate", "snappy")
+
+
+def _write_container(path, schema, records, codec, sync_interval=4000) -> None:
+    with open(path, "wb") as f:
+        fastavro.writer(f, fastavro.parse_schema(schema), records, codec=codec,
+                        sync_interval=sync_interval)
+
+
+def _assert_rubin_batch_equals_records(batch, records, sources) -> None:
+    """Every field matching needs, against fastavro's full decode of the same records."""
+    assert len(batch) == len(records) and batch.sources == sources
+    for i, ref in enumerate(records):
+        ds = ref["diaSource"]
+        assert batch.alert_id[i] == ds["diaSourceId"]
+        ref_object = ds.get("diaObjectId") or (ref.get("diaObject") or {}).get("diaObjectId")
+        assert batch.object_id[i] == ("" if ref_object is None else str(ref_object))
+        assert batch.ra[i] == ds["ra"]
+        assert batch.dec[i] == ds.get("dec", ds.get("decl"))
+        assert batch.mjd_tai[i] == ds.get("midpointMjdTai", ds.get("midPointTai"))
+        assert bool(batch.is_new[i]) == (not ref["prvDiaSources"] and not ds.get("ssObjectId"))
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_simulated_container_equals_fastavro_full_decode(tmp_path, codec):
+    night = simulate_night(40, start_mjd_tai=60900.0, rng=np.random.default_rng(7),
+                           n_previous=3, cutout_bytes=300, alerts_per_visit=7)
+    path = tmp_path / f"night.{codec}.avro"
+    night.write_container(path)  # null codec, one block: rewritten with small blocks below
+    with open(path, "rb") as f:
+        reader = fastavro.reader(f)
+        schema, records = reader.writer_schema, list(reader)
+    _write_container(path, schema, records, codec)
+    batches = list(iter_alert_batches([path], chunk=16))
+    assert [len(b) for b in batches][:2] == [16, 16]  # chunked across blocks
+    batch = read_alert_file(path)
+    _assert_rubin_batch_equals_records(batch, records, [f"{path}#{i}" for i in range(40)])
+    sid = schema_id_from_name(schema["name"])
+    for packet, ref in zip(batch.packets, records, strict=True):  # header + the record's bytes
+        assert packet[:5] == b"\x00" + sid.to_bytes(4, "big")
+        assert fastavro.schemaless_reader(io.BytesIO(packet[5:]), schema, None) == ref
+
+
+def _shipped_fake_alerts() -> list:
+    from importlib.resources import files
+
+    root = files("lsst.alert.packet") / "schema"
+    return sorted(str(p) for p in Path(str(root)).glob("*/*/sample_data/fakeAlert.avro"))
+
+
+@pytest.mark.parametrize("shipped", _shipped_fake_alerts(), ids=lambda p: p.split("schema/")[1])
+def test_lsst_alert_packet_samples_in_every_codec(tmp_path, shipped):
+    with open(shipped, "rb") as f:
+        reader = fastavro.reader(f)
+        schema, records = reader.writer_schema, list(reader)
+    direct = read_alert_file(shipped)
+    _assert_rubin_batch_equals_records(direct, records, [f"{shipped}#{i}"
+                                                         for i in range(len(records))])
+    # several copies with distinct ids, several blocks, each codec
+    copies = []
+    for k in range(5):
+        for rec in records:
+            rec = {**rec, "diaSource": {**rec["diaSource"],
+                                        "diaSourceId": rec["diaSource"]["diaSourceId"] + k}}
+            copies.append(rec)
+    for codec in CODECS:
+        path = tmp_path / f"copies.{codec}.avro"
+        _write_container(path, schema, copies, codec, sync_interval=100)
+        _assert_rubin_batch_equals_records(read_alert_file(path), copies,
+                                           [f"{path}#{i}" for i in range(len(copies))])
+
+
+def test_real_rubin_wire_packets_in_a_container(tmp_path, shared_file):
+    path = shared_file(LSST + "lsst.v9_0.wire.7912941781254298.avro")
+    ref = full_decode(path)
+    records = [{**ref, "diaSource": {**ref["diaSource"], "diaSourceId": k}} for k in range(9)]
+    for codec in CODECS:
+        out = tmp_path / f"v9.{codec}.avro"
+        _write_container(out, get_schema(900).definition, records, codec, sync_interval=1)
+        _assert_rubin_batch_equals_records(read_alert_file(out), records,
+                                           [f"{out}#{i}" for i in range(9)])
+
+
+def test_real_ztf_packets_in_multi_record_containers(tmp_path, shared_file):
+    by_version: dict = {}
+    for name in sorted(ZTF_SAMPLES):
+        with open(shared_file(ZTF + name), "rb") as f:
+            reader = fastavro.reader(f)
+            by_version.setdefault(name.split(".")[1], (reader.writer_schema, []))[1].extend(
+                reader)
+    for version, (schema, records) in by_version.items():
+        records = records * 2
+        for codec in CODECS:
+            out = tmp_path / f"ztf.{version}.{codec}.avro"
+            _write_container(out, schema, records, codec, sync_interval=1000)
+            batch = read_alert_file(out)
+            assert len(batch) == len(records)
+            jd = np.array([r["candidate"]["jd"] for r in records])
+            assert np.array_equal(batch.mjd_tai, Time(jd, format="jd", scale="utc").tai.mjd)
+            for i, rec in enumerate(records):
+                cand = rec["candidate"]
+                assert batch.alert_id[i] == rec["candid"]
+                assert batch.object_id[i] == rec["objectId"]
+                assert batch.ra[i] == cand["ra"] and batch.dec[i] == cand["dec"]
+                assert batch.mag[i] == pytest.approx(cand["magpsf"], rel=1e-7)
+                prv = any(p["candid"] is not None for p in rec["prv_candidates"] or [])
+                assert bool(batch.is_new[i]) == (not prv)
+                # the packet is a one-record container of the same record
+                assert list(fastavro.reader(io.BytesIO(batch.packets[i]))) == [rec]
+
+
+def _blocks_of(path) -> tuple[list[int], bytes]:
+    """The record count of each block (fastavro's block reader) and the file's bytes."""
+    with open(path, "rb") as f:
+        counts = [block.num_records for block in fastavro.block_reader(f)]
+    return counts, path.read_bytes()
+
+
+def test_corrupt_and_truncated_containers_name_file_and_record(tmp_path):
+    night = simulate_night(30, start_mjd_tai=60900.0, rng=np.random.default_rng(11),
+                           n_previous=2, cutout_bytes=200, alerts_per_visit=10)
+    base = tmp_path / "base.avro"
+    night.write_container(base)
+    with open(base, "rb") as f:
+        reader = fastavro.reader(f)
+        schema, records = reader.writer_schema, list(reader)
+    for codec in CODECS:
+        path = tmp_path / f"ok.{codec}.avro"
+        _write_container(path, schema, records, codec, sync_interval=2000)
+        counts, data = _blocks_of(path)
+        assert len(counts) >= 4
+        sync = data[-16:]
+        # 1. a damaged sync marker after the second block: that block is lost, not the others
+        marks = [i for i in range(len(data)) if data[i:i + 16] == sync]
+        second_end = marks[2]  # header sync, block 1's, block 2's
+        bad = tmp_path / f"badsync.{codec}.avro"
+        bad.write_bytes(data[:second_end] + bytes(16) + data[second_end + 16:])
+        seen: list[BadAlertError] = []
+        batch = _read_skipping(bad, seen)
+        assert len(seen) == 1 and seen[0].index == counts[0]
+        assert seen[0].source == f"{bad}#{counts[0]}" and str(bad) in str(seen[0])
+        kept = set(batch.alert_id.tolist())
+        lost = {r["diaSource"]["diaSourceId"] for r in records[counts[0]:counts[0] + counts[1]]}
+        assert kept == {r["diaSource"]["diaSourceId"] for r in records} - lost
+        # 2. truncated inside the last block: the records before it are all read
+        cut = tmp_path / f"cut.{codec}.avro"
+        cut.write_bytes(data[:-30])
+        seen = []
+        batch = _read_skipping(cut, seen)
+        assert len(seen) == 1 and seen[0].index == sum(counts[:-1])
+        assert len(batch) == sum(counts[:-1])
+    # 3. garbage inside the records of a null-codec block (its framing intact): the block's
+    #    records from the bad one on are lost, the next blocks are read
+    path = tmp_path / "ok.null.avro"
+    counts, data = _blocks_of(path)
+    marks = [i for i in range(len(data)) if data[i:i + 16] == data[-16:]]
+    start = marks[1] + 16
+    _, p = _varint(data, start)
+    size, p = _varint(data, p)
+    garbled = bytearray(data)
+    garbled[p + 20:p + size] = b"\xff" * (size - 20)  # never-ending varints
+    bad = tmp_path / "garbled.avro"
+    bad.write_bytes(bytes(garbled))
+    seen = []
+    batch = _read_skipping(bad, seen)
+    assert len(seen) == 1 and counts[0] <= seen[0].index < counts[0] + counts[1]
+    assert "lost" in seen[0].reason and seen[0].source == f"{bad}#{seen[0].index}"
+    assert len(batch) == len(records) - (counts[0] + counts[1] - seen[0].index)
+
+
+def _read_skipping(path, seen: list):
+    return read_alert_file(path, on_error=seen.append)
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    acc = shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        acc |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return (acc >> 1) ^ -(acc & 1), pos
+        shift += 7
+
+
+def test_decode_errors_carry_index_and_source(shared_file):
+    good = _sample_wire(shared_file)
+    messages = [good, b"garbage", good, good[:30]]
+    _, errors = decode_wire_many(messages, [f"t/1/{i}" for i in range(4)])
+    assert [(e.index, e.source) for e in errors] == [(1, "t/1/1"), (3, "t/1/3")]
+    assert errors[1].truncated and not errors[0].truncated
+    assert str(errors[0]) == f"t/1/1: {errors[0].reason}"
