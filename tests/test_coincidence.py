@@ -9,13 +9,12 @@ sky maps (loaded from its wheel).
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 
 import healpy as hp
 import numpy as np
 import pytest
-from astropy.time import Time, TimeDelta
+from astropy.time import TimeDelta
 from ligo.raven import search as raven_search
 from ligo.skymap.io import fits as skymap_fits
 
@@ -26,11 +25,9 @@ from mmcross.model.alert import AlertBatch
 from mmcross.model.config import Config
 from mmcross.model.event import EventKind, NoticeAction
 from mmcross.model.localization import uniq_to_order_ipix
-from tests.helpers import gwcelery_module
+from tests.helpers import GBM_NOTICE, GW_NOTICE, gwcelery_module, place_voevent
 
-GW_NOTICE = "gcn/json/fink-mm/S230518h-initial.json"
 GW_MAP = "skymaps/fink-mm/S230518h_initial.multiorder.fits"
-GBM_NOTICE = "gcn/voevent/fink-mm-kafka-2024-01/Fermi_GBM_Gnd_Pos_726773850-268.xml"
 RTOL = 1e-6
 
 
@@ -49,18 +46,6 @@ class Collect:
 
     def close(self) -> None:
         pass
-
-
-def place_voevent(xml: bytes, trigger: Time, ra: float, dec: float, delay_s: float) -> bytes:
-    """A real VOEvent with its trigger time, position and issue time (trigger + delay) moved."""
-    text = xml.decode()
-    text = re.sub(r"<ISOTime>[^<]*</ISOTime>", f"<ISOTime>{trigger.utc.isot}</ISOTime>", text)
-    text = re.sub(r"<Date>[^<]*</Date>",
-                  f"<Date>{(trigger + TimeDelta(delay_s, format='sec')).utc.isot[:19]}</Date>",
-                  text, count=1)
-    text = re.sub(r"<C1>[^<]*</C1>", f"<C1>{ra:.4f}</C1>", text)
-    text = re.sub(r"<C2>[^<]*</C2>", f"<C2>{dec:.4f}</C2>", text)
-    return text.encode()
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import numpy as np
 
 from mmcross.app.engine import Engine
 from mmcross.brokers.alert_files import expand_paths, iter_alert_batches
+from mmcross.brokers.coincidence_reports import CoincidenceJsonLines, CoincidenceVOEventDirectory
 from mmcross.listeners import read_notice_file
 from mmcross.model.config import Config, notice_options
 from mmcross.model.errors import MmcrossError
@@ -39,6 +40,8 @@ class ReplaySummary:
     alert_errors: int = 0
     matches: int = 0
     revoked: int = 0
+    coincidences: int = 0
+    coincidences_revoked: int = 0
     seconds: float = 0.0
 
     @property
@@ -82,7 +85,10 @@ def replay(engine: Engine, notices: Iterable[str | Path | Event],
              sum(summary.notice_errors.values()))
 
     def apply(event: Event) -> None:
-        reports = engine.on_notice(event).reports
+        outcome = engine.on_notice(event)
+        reports = outcome.reports
+        summary.coincidences += sum(not c.retracted for c in outcome.coincidences)
+        summary.coincidences_revoked += sum(c.retracted for c in outcome.coincidences)
         summary.notices += 1
         summary.matches += sum(not m.retracted for m in reports)
         summary.revoked += sum(m.retracted for m in reports)
@@ -117,6 +123,13 @@ def replay(engine: Engine, notices: Iterable[str | Path | Event],
         apply(pending.popleft())
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def coincidence_sinks(out: Path) -> list:
+    """The replay's coincidence outputs: ``out/coincidences.jsonl`` (one record per new,
+    recomputed or revoked coincidence) and ``out/voevents/coincidences/*.xml``."""
+    return [CoincidenceJsonLines(out / "coincidences.jsonl"),
+            CoincidenceVOEventDirectory(out / "voevents" / "coincidences")]
 
 
 def _sorted_batches(batches: Iterable) -> Iterator:

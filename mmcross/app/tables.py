@@ -37,6 +37,9 @@ def print_replay_summary(summary, out: Path, db: str) -> None:
     print(f"alerts: {summary.alerts} ({summary.alert_errors} unreadable), "
           f"{summary.alerts_per_second:,.0f} alerts/s over {summary.seconds:.1f} s")
     print(f"matches: {summary.matches}, revoked: {summary.revoked}")
+    if summary.coincidences or summary.coincidences_revoked:
+        print(f"coincidences: {summary.coincidences}, revoked: {summary.coincidences_revoked}"
+              f" ({out / 'coincidences.jsonl'})")
     print(f"reports: {out / 'matches.jsonl'}, {out / 'voevents'}/, store: {db}")
     rows = []
     for line in (out / "matches.jsonl").read_text().splitlines() if (
