@@ -5,7 +5,11 @@
   retraction VOEvents, which must validate as VOEvent 2.0;
 * a stalled raw-socket subscriber must not hold back a healthy pygcn one and is dropped;
 * hostile frames (1 GB length prefix, truncated frame, entity expansion) are refused and
-  counted, and the listener carries on.
+  counted, and the listener carries on;
+* the protocol base on its own: frames cut at every byte, a 4 GB prefix refused before any
+  payload is read or allocated, closed/silent/stopped connections, iamalive answered;
+* Comet, the reference implementation (its own venv, ``scripts/comet_env.sh``):
+  ``comet-sendvo`` submits to our receiver, ``twistd comet`` subscribes to our broadcaster.
 
 Waits are bounded and generous; nothing asserts on durations.
 """
@@ -31,7 +35,9 @@ from lxml import etree
 from mmcross.brokers.voevent_out import counterpart_ivorn
 from mmcross.brokers.vtp import BroadcasterSettings, SubscriptionFilter, VTPBroadcaster
 from mmcross.listeners import parse_notice
+from mmcross.listeners.partners import PartnerRegistry, hash_token
 from mmcross.listeners.vtp import VTPListener, VTPListenerSettings, parse_host_port
+from mmcross.listeners.vtp_receiver import ReceiverSettings, VTPReceiver
 from mmcross.model.config import Config, notice_options
 from mmcross.model.errors import BadNoticeError, ConfigError
 from mmcross.vtp.base import (
@@ -45,7 +51,14 @@ from mmcross.vtp.base import (
     transport_message,
 )
 from mmcross.vtp.subscriber import Subscriber
-from tests.helpers import PYGCN_SUBSCRIBER, free_port, make_match
+from tests.helpers import (
+    GOOD_TOKEN,
+    PYGCN_SUBSCRIBER,
+    REPO,
+    free_port,
+    make_match,
+    with_token,
+)
 
 GCN = "gcn/voevent/fink-mm-kafka-2024-01"
 GBM = f"{GCN}/Fermi_GBM_Gnd_Pos_726773850-268.xml"
@@ -577,3 +590,78 @@ def test_broadcaster_on_a_busy_port_fails_to_start_and_drops_writes():
         assert second.stats["not_running"] == 1
     finally:
         first.close()
+
+
+# -- Comet, the reference VTP implementation, on the other side ----------------------------
+
+
+@pytest.fixture(scope="module")
+def comet_bin() -> Path:
+    """The bin folder of Comet's venv (``scripts/comet_env.sh`` builds it once)."""
+    done = subprocess.run(["bash", str(REPO / "scripts" / "comet_env.sh")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"scripts/comet_env.sh failed: {done.stderr[-2000:]}"
+    return Path(done.stdout.strip())
+
+
+def test_comet_sendvo_gets_an_ack_from_our_receiver_and_a_nak_for_a_wrong_token(
+        shared_file, comet_bin, tmp_path):
+    config = Config.load(overrides={
+        "localization": {"credible_level_tolerance": 1e-2},
+        "partners": {"goto": {"token_sha256": hash_token(GOOD_TOKEN),
+                              "authorities": ["nasa.gsfc.gcn"], "rate": 0.0, "burst": 10}}})
+    events: list = []
+    receiver = VTPReceiver(ReceiverSettings(port=0), PartnerRegistry.from_config(config),
+                           events.append, options=notice_options(config)).start()
+    bat = shared_file(BAT).read_bytes()
+    codes = []
+    try:
+        for name, token in (("good", GOOD_TOKEN), ("forged", "not the token")):
+            path = tmp_path / f"{name}.xml"
+            path.write_bytes(with_token(bat, token))
+            codes.append(subprocess.run(
+                [str(comet_bin / "comet-sendvo"), "-h", "127.0.0.1", "-p", str(receiver.port),
+                 "-f", str(path)], capture_output=True, timeout=WAIT).returncode)
+    finally:
+        receiver.stop()
+    assert codes[0] == 0  # comet-sendvo exits 0 on an ack ...
+    assert codes[1] != 0  # ... and fails on a nak ("Remote refused event.")
+    assert [e.event_id for e in events] == ["swift:1208389"]
+    assert receiver.stats["accepted"] == 1 and receiver.stats["bad_credential"] == 1
+
+
+def test_comet_broker_subscribes_to_our_broadcaster_and_saves_valid_voevents(
+        comet_bin, tmp_path, processes):
+    broadcaster = VTPBroadcaster(BroadcasterSettings(port=0, iamalive_interval=0.5))
+    _, port = broadcaster.start()
+    saved, eventdb = tmp_path / "saved", tmp_path / "eventdb"
+    saved.mkdir()
+    eventdb.mkdir()
+    with open(tmp_path / "comet.log", "wb") as log_file:
+        processes.append(subprocess.Popen(
+            [str(comet_bin / "twistd"), "-n", "--pidfile=", "--logfile=-", "comet",
+             f"--remote=127.0.0.1:{port}", "--local-ivo=ivo://mmcross-test/comet",
+             "--save-event", f"--save-event-directory={saved}", f"--eventdb={eventdb}"],
+            cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT))
+    matches = [make_match(0), make_match(1), make_match(0, retracted=True)]
+    try:
+        wait_until(lambda: broadcaster.subscribers(), "Comet to subscribe")
+        # One VOEvent first: Comet's duplicate check opens its dbm from two threads at once
+        # when two events arrive together, which fails on a Python without _gdbm.
+        broadcaster.write(matches[:1])
+        wait_until(lambda: list(saved.iterdir()), "Comet to save the first VOEvent")
+        broadcaster.write(matches[1:])
+        wait_until(lambda: len(list(saved.iterdir())) == 3, "Comet to save all three")
+        wait_until(lambda: broadcaster.stats["acks"] == 3, "Comet's acks")
+        wait_until(lambda: broadcaster.stats["iamalive_replies"] >= 2, "Comet's iamalives")
+    finally:
+        broadcaster.close()
+    packets = [vp.loads(p.read_bytes()) for p in saved.iterdir()]
+    assert all(vp.valid_as_v2_0(v) for v in packets)
+    retractions = [v for v in packets if v.find("Citations") is not None]
+    assert [v.Citations.EventIVORN.attrib["cite"] for v in retractions] == ["retraction"]
+    assert retractions[0].Citations.EventIVORN.text == counterpart_ivorn(matches[0])
+    assert {v.attrib["ivorn"] for v in packets if v.find("Citations") is None} == {
+        counterpart_ivorn(matches[0]), counterpart_ivorn(matches[1])}
+    assert broadcaster.stats["naks"] == 0 and broadcaster.stats["dropped_subscribers"] == 0
+
