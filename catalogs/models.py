@@ -112,8 +112,14 @@ class EventRevisionRow(Base):
     raw: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     notice_format: Mapped[str] = mapped_column(String(16), nullable=False, default="")
     source: Mapped[str] = mapped_column(Text, nullable=False, default="")
-    #: Multi-order HEALPix FITS (Localization.to_fits_bytes()), NULL for retractions.
+    #: Multi-order HEALPix FITS (Localization.to_fits_bytes()) of a pixel map; NULL for
+    #: retractions and analytic regions.
     localization: Mapped[bytes | None] = mapped_column(LargeBinary)
+    #: Analytic region parameters (mmcross.model.regions ``to_dict()``: shape, ra/dec deg
+    #: ICRS, extents deg, containment); NULL for pixel maps and retractions. Added to older
+    #: stores when they are opened (Store.__init__).
+    region: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql"))
     created_at: Mapped[dt.datetime] = _now_column()
 
     event: Mapped[EventRow] = relationship(back_populates="revisions")
@@ -181,3 +187,28 @@ class AlertHistoryRow(Base):
     mjd_tai: Mapped[float] = mapped_column(Double, nullable=False, index=True)  # MJD TAI
     is_new: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     mag: Mapped[float | None] = mapped_column(Double, nullable=True)  # AB mag, NULL = unknown
+
+
+class CoincidenceRow(Base):
+    """One revision of a GW x external-trigger coincidence (``mmcross.model.coincidence``), or
+    its revocation (``retracted``). FARs in Hz (NULL for none or infinite), ``record`` the
+    whole record as JSON (infinite FARs as null)."""
+
+    __tablename__ = "coincidences"
+    __table_args__ = (
+        UniqueConstraint("coincidence_id", "revision", "retracted",
+                         name="uq_coincidences_id_revision_retracted"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    coincidence_id: Mapped[str] = mapped_column(String(420), nullable=False, index=True)
+    revision: Mapped[int] = mapped_column(Integer, nullable=False)
+    gw_event_id: Mapped[str] = mapped_column(String(200), nullable=False, index=True)
+    ext_event_id: Mapped[str] = mapped_column(String(200), nullable=False, index=True)
+    time_difference: Mapped[float] = mapped_column(Double, nullable=False)  # t_GW - t_ext, s
+    temporal_far: Mapped[float | None] = mapped_column(Double)  # Hz
+    spacetime_far: Mapped[float | None] = mapped_column(Double)  # Hz
+    publishable: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    retracted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    record: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    created_at: Mapped[dt.datetime] = _now_column()

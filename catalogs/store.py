@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 from astropy.time import Time
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -31,15 +31,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from mmcross.catalogs.models import (
     AlertHistoryRow,
     Base,
+    CoincidenceRow,
     EventRevisionRow,
     EventRow,
     MatchRow,
     PendingWriteRow,
 )
+from mmcross.model import shapes
 from mmcross.model.alert import AlertBatch
+from mmcross.model.coincidence import Coincidence
 from mmcross.model.errors import StoreError
 from mmcross.model.event import Event, EventKind, NoticeAction
+from mmcross.model.localization import Localization
 from mmcross.model.match import Match
+from mmcross.model.regions import region_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +110,23 @@ def _revision_row(event: Event, revision: int, localization: bytes | None) -> Ev
         error_radius=_opt_float(event.error_radius), containment=_opt_float(event.containment),
         raw=bytes(event.raw), notice_format=event.notice_format, source=event.source,
         localization=localization,
+        region=(None if event.localization is None or event.localization.region is None
+                else event.localization.region.to_dict()),
     )
+
+
+def _add_region_column(engine: Engine, url: str) -> None:
+    """Add the nullable ``event_revisions.region`` column to a store made before it existed
+    (its events keep their FITS sky maps and load as before)."""
+    columns = {c["name"] for c in inspect(engine).get_columns(EventRevisionRow.__tablename__)}
+    if "region" in columns:
+        return
+    kind = "JSONB" if engine.dialect.name == "postgresql" else "JSON"
+    log.info("store %s predates analytic regions: adding column event_revisions.region (%s)",
+             url, kind)
+    with engine.begin() as conn:
+        conn.execute(text(f"ALTER TABLE {EventRevisionRow.__tablename__} "
+                          f"ADD COLUMN region {kind}"))
 
 
 def _match_values(m: Match) -> dict[str, Any]:
@@ -168,6 +189,7 @@ class Store:
             if self.engine.dialect.name == "sqlite":
                 _configure_sqlite(self.engine)
             Base.metadata.create_all(self.engine)
+            _add_region_column(self.engine, self.url)
         except (SQLAlchemyError, ImportError) as exc:
             raise StoreError(f"cannot open the store at {self.url}: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -220,6 +242,7 @@ class Store:
             the revision number stored.
         """
         localization = (None if event.localization is None
+                        or event.localization.region is not None
                         else bytes(event.localization.to_fits_bytes()))
         trigger_iso = iso_utc(event.trigger_time)
         arrival_tai = event.arrival_mjd_tai
@@ -308,7 +331,7 @@ class Store:
         rev = EventRevisionRow
         stmt = select(rev).where(rev.event_id == event_id)
         if with_localization:
-            stmt = stmt.where(rev.localization.is_not(None))
+            stmt = stmt.where(rev.localization.is_not(None) | rev.region.is_not(None))
         stmt = stmt.order_by(rev.revision.desc()).limit(1)
         with self._transaction(f"loading event {event_id}") as s:
             row = s.scalars(stmt).first()
@@ -316,9 +339,14 @@ class Store:
 
     def _event_from_row(self, row: EventRevisionRow) -> Event:
         localization = None
-        if row.localization is not None:
-            from mmcross.model.localization import Localization
-
+        if row.region is not None:
+            try:
+                localization = shapes.region_localization(region_from_dict(row.region))
+            except Exception as exc:
+                raise StoreError(
+                    f"stored region of {row.event_id} revision {row.revision} in {self.url} "
+                    f"cannot be read: {exc}") from exc
+        elif row.localization is not None:
             try:
                 localization = Localization.from_fits(bytes(row.localization))
             except Exception as exc:
@@ -534,3 +562,40 @@ class Store:
             result = s.execute(delete(AlertHistoryRow)
                                .where(AlertHistoryRow.mjd_tai < float(before_mjd_tai)))
             return int(result.rowcount or 0)
+
+    # -- coincidences ------------------------------------------------------------------
+
+    def save_coincidences(self, records: Sequence[Coincidence]) -> None:
+        """Store coincidence records (new, recomputed, revoked), idempotent on (id, revision,
+        retracted)."""
+        rows = []
+        for r in records:
+            record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                      for k, v in r.to_record().items()}
+            rows.append(dict(coincidence_id=r.coincidence_id, revision=r.revision,
+                             gw_event_id=r.gw_event_id, ext_event_id=r.ext_event_id,
+                             time_difference=r.time_difference,
+                             temporal_far=record["temporal_far"],
+                             spacetime_far=record["spacetime_far"],
+                             publishable=r.publishable, retracted=r.retracted, record=record))
+        if not rows:
+            return
+        with self._transaction(f"saving {len(rows)} coincidences") as s:
+            known = {tuple(k) for k in s.execute(
+                select(CoincidenceRow.coincidence_id, CoincidenceRow.revision,
+                       CoincidenceRow.retracted)
+                .where(CoincidenceRow.coincidence_id.in_({r["coincidence_id"] for r in rows})))}
+            new = [r for r in rows
+                   if (r["coincidence_id"], r["revision"], r["retracted"]) not in known]
+            if new:
+                s.execute(insert(CoincidenceRow.__table__), new)
+
+    def coincidences(self, include_revoked: bool = False) -> list[Coincidence]:
+        """The latest record of each stored coincidence (revoked ones only if
+        ``include_revoked``), in the order they were first stored."""
+        with self._transaction("reading coincidences") as s:
+            rows = list(s.scalars(select(CoincidenceRow).order_by(CoincidenceRow.id)))
+        latest: dict[str, Coincidence] = {}
+        for row in rows:
+            latest[row.coincidence_id] = Coincidence.from_record(row.record)
+        return [c for c in latest.values() if include_revoked or not c.retracted]

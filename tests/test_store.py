@@ -419,3 +419,44 @@ def test_load_event_returns_latest_revision_and_latest_map(store, Localization):
     assert with_map.revision == 1
     np.testing.assert_array_equal(with_map.localization.uniq, loc.uniq)
     assert store.load_event("nope") is None
+
+
+# -- analytic regions ---------------------------------------------------------------------
+
+def test_analytic_region_is_stored_as_its_parameters_and_restored_exactly(url):
+    from mmcross.model import shapes
+
+    loc = shapes.box(273.48, 22.16, 1.5, 0.8, 0.6, 1.1, 0.9)
+    event = make_event("icecube:1", localization=loc, kind=EventKind.NEUTRINO,
+                       instrument="IceCube")
+    with Store(url) as s:
+        s.save_event(event)
+        with s.engine.connect() as conn:
+            fits_blob, region = conn.execute(
+                select(EventRevisionRow.localization, EventRevisionRow.region)).one()
+        loaded = s.load_event("icecube:1", with_localization=True)
+    assert fits_blob is None  # no pixels written
+    assert region["shape"] == "box" and region["east"] == loc.region.east
+    assert loaded.localization.region == loc.region
+    ra, dec = loc.sample(50, np.random.default_rng(1))
+    np.testing.assert_array_equal(loaded.localization.credible_level_at(ra, dec),
+                                  loc.credible_level_at(ra, dec))
+
+
+def test_a_store_from_before_regions_opens_and_its_fits_circles_still_load(tmp_path, caplog):
+    from mmcross.model import shapes
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    with Store(url) as s:
+        circle = shapes.circle(10.0, 20.0, 2.0, 0.9, tolerance=3e-2)
+        s.save_event(make_event("swift:1", localization=circle.pixels()))  # a FITS blob
+    engine = create_engine(url)
+    with engine.begin() as conn:  # as stores written before the region column
+        conn.execute(text("ALTER TABLE event_revisions DROP COLUMN region"))
+    engine.dispose()
+    with caplog.at_level("INFO", logger="mmcross.catalogs.store"), Store(url) as s:
+        live = s.load_live_events()
+    assert "adding column event_revisions.region" in caplog.text
+    (event,) = live
+    assert event.localization.region is None
+    assert event.localization.area(0.9) == pytest.approx(circle.area(0.9), rel=0.03)
