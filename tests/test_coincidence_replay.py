@@ -9,6 +9,7 @@ import numpy as np
 from astropy.time import TimeDelta
 from lxml import etree
 
+from mmcross.app.cli import main
 from mmcross.app.engine import Engine
 from mmcross.app.replay import coincidence_sinks, replay
 from mmcross.brokers.coincidence_reports import (
@@ -17,13 +18,15 @@ from mmcross.brokers.coincidence_reports import (
     coincidence_voevent,
 )
 from mmcross.brokers.sinks import JsonLinesSink
+from mmcross.catalogs import Store
 from mmcross.listeners import read_notice_file
 from mmcross.model.coincidence import Coincidence
 from mmcross.model.config import Config
 from tests.helpers import GBM_NOTICE, GW_NOTICE, place_voevent, sim_night
 
 
-def test_replay_finds_coincidence_counterparts_and_revokes_on_retraction(shared_file, tmp_path):
+def test_replay_finds_coincidence_counterparts_and_revokes_on_retraction(shared_file, tmp_path,
+                                                                         capsys):
     gw = read_notice_file(shared_file(GW_NOTICE))
     loc = gw.localization
     k = int(np.argmax(loc.probdensity))
@@ -57,8 +60,10 @@ def test_replay_finds_coincidence_counterparts_and_revokes_on_retraction(shared_
 
     out = tmp_path / "out"
     out.mkdir()
-    engine = Engine(Config.load(), sinks=[JsonLinesSink(out / "matches.jsonl")],
-                    coincidence_sinks=coincidence_sinks(out))
+    db = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    store = Store(db)
+    engine = Engine(Config.load(), store=store, sinks=[JsonLinesSink(out / "matches.jsonl")],
+                    coincidence_sinks=coincidence_sinks(out, store))
     try:
         summary = replay(engine, [notices, later], [alerts])
     finally:
@@ -89,3 +94,11 @@ def test_replay_finds_coincidence_counterparts_and_revokes_on_retraction(shared_
     assert params["parent_event_ids"].split() == ["lvk:S230518h", records[0].ext_event_id]
     xml_files = sorted(p.name for p in (out / "voevents" / "coincidences").glob("*.xml"))
     assert len(xml_files) == 2 and any("retraction" in n for n in xml_files)
+
+    # The store keeps both records; `mmcross coincidences` lists the live ones (none left).
+    capsys.readouterr()
+    assert main(["coincidences", "--db", db]) == 0
+    assert capsys.readouterr().out.strip() == "(none)"
+    assert main(["coincidences", "--db", db, "--all", "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert Coincidence.from_record(json.loads(line)) == records[1]

@@ -43,8 +43,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     db = args.db or f"sqlite:///{out / 'mmcross.sqlite'}"
     sinks = [JsonLinesSink(out / "matches.jsonl"), VOEventDirectorySink(out / "voevents")]
-    engine = Engine(config, store=_open_store(db), sinks=sinks,
-                    coincidence_sinks=coincidence_sinks(out))
+    store = _open_store(db)
+    engine = Engine(config, store=store, sinks=sinks,
+                    coincidence_sinks=coincidence_sinks(out, store))
     engine.restore()
     try:
         summary = replay(engine, args.notices, args.alerts, chunk=args.chunk)
@@ -350,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mmcross.app.cli_tns import add_parsers as add_tns_parsers
 
     add_tns_parsers(sub)
+    from mmcross.app.cli_coincidence import add_parsers as add_coincidence_parsers
+
+    add_coincidence_parsers(sub)
     return parser
 
 

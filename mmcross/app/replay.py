@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,9 @@ import numpy as np
 from mmcross.app.engine import Engine
 from mmcross.brokers.alert_files import expand_paths, iter_alert_batches
 from mmcross.brokers.coincidence_reports import CoincidenceJsonLines, CoincidenceVOEventDirectory
+from mmcross.catalogs import Store
 from mmcross.listeners import read_notice_file
+from mmcross.model.coincidence import Coincidence
 from mmcross.model.config import Config, notice_options
 from mmcross.model.errors import MmcrossError
 from mmcross.model.event import Event
@@ -125,11 +127,26 @@ def replay(engine: Engine, notices: Iterable[str | Path | Event],
     return summary
 
 
-def coincidence_sinks(out: Path) -> list:
+class StoredCoincidences:
+    """Coincidence sink saving the records in the store (``mmcross coincidences``)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def write_coincidences(self, records: Sequence[Coincidence]) -> None:
+        self.store.save_coincidences(records)
+
+    def close(self) -> None:
+        """The engine closes the store."""
+
+
+def coincidence_sinks(out: Path, store: Store | None = None) -> list:
     """The replay's coincidence outputs: ``out/coincidences.jsonl`` (one record per new,
-    recomputed or revoked coincidence) and ``out/voevents/coincidences/*.xml``."""
-    return [CoincidenceJsonLines(out / "coincidences.jsonl"),
-            CoincidenceVOEventDirectory(out / "voevents" / "coincidences")]
+    recomputed or revoked coincidence), ``out/voevents/coincidences/*.xml`` and, with a
+    store, its ``coincidences`` table."""
+    sinks: list = [CoincidenceJsonLines(out / "coincidences.jsonl"),
+                   CoincidenceVOEventDirectory(out / "voevents" / "coincidences")]
+    return sinks + ([StoredCoincidences(store)] if store is not None else [])
 
 
 def _sorted_batches(batches: Iterable) -> Iterator:
