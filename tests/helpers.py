@@ -426,3 +426,83 @@ def place_voevent(xml: bytes, trigger, ra: float, dec: float, delay_s: float) ->
     text = re.sub(r"<C1>[^<]*</C1>", f"<C1>{ra:.4f}</C1>", text)
     text = re.sub(r"<C2>[^<]*</C2>", f"<C2>{dec:.4f}</C2>", text)
     return text.encode()
+
+# -- the web tests' store ------------------------------------------------------------------
+
+WEB_NOTICES = (  # (notice, what happens to its event in the store)
+    ("gcn/voevent/fink-mm/IceCube_BRONZE_136918_45252263.xml", "expired"),
+    ("gcn/json/fink-mm/S230518h-initial.json", "expired"),
+    ("gcn/voevent/fink-mm-kafka-2024-01/Fermi_GBM_Gnd_Pos_726773850-268.xml", "live"),
+    ("gcn/voevent/fink-mm-kafka-2024-01/Swift_BAT_GRB_Pos_1208389-262.xml", "retracted"),
+    ("gcn/json/fink-mm-kafka-2024-01/S240115k-preliminary-a.json", None),
+    ("gcn/json/fink-mm-kafka-2024-01/S240115k-preliminary-b.json", "updated"),
+)
+
+
+def build_web_store(url: str, shared_file, *, n_background: int = 150,
+                    n_inject: int = 4) -> dict[str, list[int]]:
+    """Fill the store at ``url`` through the engine from the real notices of
+    :data:`WEB_NOTICES`, in trigger order, each followed by a night of simulated alerts
+    (``n_background`` uniform on the sky, ``n_inject`` counterparts drawn from its sky map
+    at credible levels below 0.8, 0.01-0.2 d after the trigger); then the Swift event is
+    retracted. Returns the injected alert ids per event id (revoked ones included)."""
+    from dataclasses import replace
+
+    from astropy import units as u
+
+    from mmcross.catalogs import Store
+    from mmcross.listeners import read_notice_file
+    from mmcross.model.alert import AlertBatch
+    from mmcross.model.config import notice_options
+    from mmcross.model.event import NoticeAction
+
+    config = Config.load(overrides={"localization": {"credible_level_tolerance": 1e-2}})
+    engine = Engine(config, store=Store(url))
+    rng = np.random.default_rng(11)
+    injected: dict[str, list[int]] = {}
+    try:
+        for i, (path, _fate) in enumerate(WEB_NOTICES):
+            event = read_notice_file(shared_file(path), **notice_options(config))
+            engine.on_notice(event)
+            loc, t0 = event.localization, event.trigger_mjd_tai
+            ra, dec = loc.sample(50 * n_inject, rng)
+            keep = np.flatnonzero(loc.credible_level_at(ra, dec) < 0.8)[:n_inject]
+            ra = np.concatenate([ra[keep], rng.uniform(0, 360, n_background)])
+            dec = np.concatenate([dec[keep], np.degrees(np.arcsin(rng.uniform(-1, 1,
+                                                                            n_background)))])
+            ids = np.arange(len(ra), dtype=np.int64) + (i + 1) * 10_000_000
+            mjd = t0 + rng.uniform(0.01, 0.2, len(ra))
+            order = np.argsort(mjd)
+            engine.on_alerts(AlertBatch(ids[order], (ids[order] + 9_000_000_000).astype(str),
+                                        ra[order], dec[order], mjd[order]))
+            injected.setdefault(event.event_id, []).extend(int(a) for a in ids[:len(keep)])
+            if _fate == "retracted":
+                engine.on_notice(replace(
+                    event, action=NoticeAction.RETRACT, localization=None, revision=0,
+                    notice_type="RETRACTION", notice_time=event.notice_time + 1 * u.h,
+                    raw=b"retraction of " + event.raw[:40]))
+    finally:
+        engine.close()
+    return injected
+
+
+# -- real notices placed into a coincidence window -------------------------------------------
+
+GW_NOTICE = "gcn/json/fink-mm/S230518h-initial.json"
+GBM_NOTICE = "gcn/voevent/fink-mm-kafka-2024-01/Fermi_GBM_Gnd_Pos_726773850-268.xml"
+
+
+def place_voevent(xml: bytes, trigger, ra: float, dec: float, delay_s: float) -> bytes:
+    """A real VOEvent with its trigger time, position and issue time (trigger + delay) moved."""
+    import re
+
+    from astropy.time import TimeDelta
+
+    text = xml.decode()
+    text = re.sub(r"<ISOTime>[^<]*</ISOTime>", f"<ISOTime>{trigger.utc.isot}</ISOTime>", text)
+    text = re.sub(r"<Date>[^<]*</Date>",
+                  f"<Date>{(trigger + TimeDelta(delay_s, format='sec')).utc.isot[:19]}</Date>",
+                  text, count=1)
+    text = re.sub(r"<C1>[^<]*</C1>", f"<C1>{ra:.4f}</C1>", text)
+    text = re.sub(r"<C2>[^<]*</C2>", f"<C2>{dec:.4f}</C2>", text)
+    return text.encode()
