@@ -173,6 +173,12 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if args.serve is not None:
+        from mmcross.app.web import start_server_thread
+
+        web = start_server_thread(config.get("store.url"), config, host="127.0.0.1",
+                                  port=args.serve)
+        print(f"web page and JSON API: {web.url}", flush=True)
     stats = service.run()
     print(f"stopped: {stats.notices} notices, {stats.alerts} alerts, {stats.reports} reports")
     return 0
@@ -323,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gcn-vtp", action="append", metavar="HOST:PORT",
                    help="GCN Classic VOEvent server to subscribe to over VTP (repeatable; "
                         "tried in turn; replaces [vtp.listen] servers)")
+    p.add_argument("--serve", type=int, metavar="PORT",
+                   help="also serve the read-only web page and JSON API over the same store on "
+                        "127.0.0.1:PORT (0: any free port, logged)")
     p.set_defaults(func=cmd_listen)
 
     p = sub.add_parser("status", help="state of the live service: store and metrics endpoint")
@@ -348,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mmcross.app.cli_observe import add_parsers as add_observer_parsers
 
     add_observer_parsers(sub)
+    from mmcross.app.cli_web import add_parsers as add_web_parsers
+
+    add_web_parsers(sub)
     from mmcross.app.cli_tns import add_parsers as add_tns_parsers
 
     add_tns_parsers(sub)
