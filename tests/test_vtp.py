@@ -9,7 +9,8 @@
 * the protocol base on its own: frames cut at every byte, a 4 GB prefix refused before any
   payload is read or allocated, closed/silent/stopped connections, iamalive answered;
 * Comet, the reference implementation (its own venv, ``scripts/comet_env.sh``):
-  ``comet-sendvo`` submits to our receiver, ``twistd comet`` subscribes to our broadcaster.
+  ``comet-sendvo`` submits to our receiver, ``twistd comet`` subscribes to our broadcaster,
+  and our GCN listener subscribes to a Comet broker that relays a ``comet-sendvo`` submission.
 
 Waits are bounded and generous; nothing asserts on durations.
 """
@@ -63,6 +64,7 @@ from tests.helpers import (
 GCN = "gcn/voevent/fink-mm-kafka-2024-01"
 GBM = f"{GCN}/Fermi_GBM_Gnd_Pos_726773850-268.xml"
 BAT = f"{GCN}/Swift_BAT_GRB_Pos_1208389-262.xml"
+GBM_VOE = "gcn/voevent/fink-mm/Fermi_GBM_Gnd_Pos_681547990.xml"  # in the voe: namespace
 WAIT = 30.0  # seconds: upper bound of every wait, never an assertion on speed
 
 BILLION_LAUGHS = b"""<?xml version="1.0"?>
@@ -664,4 +666,42 @@ def test_comet_broker_subscribes_to_our_broadcaster_and_saves_valid_voevents(
     assert {v.attrib["ivorn"] for v in packets if v.find("Citations") is None} == {
         counterpart_ivorn(matches[0]), counterpart_ivorn(matches[1])}
     assert broadcaster.stats["naks"] == 0 and broadcaster.stats["dropped_subscribers"] == 0
+
+
+def test_our_gcn_listener_subscribes_to_a_comet_broker_fed_by_comet_sendvo(
+        shared_file, comet_bin, tmp_path, processes, config):
+    """comet-sendvo -> Comet (receive + broadcast) -> VTPListener: the real notice arrives.
+
+    Comet validates submissions against the VOEvent 2.0 schema, so the notice is one in the
+    ``voe:`` namespace (the GCN Kafka copies above have none and are refused by Comet).
+    """
+    gbm = shared_file(GBM_VOE)
+    submit_port, broadcast_port = free_port(), free_port()
+    (tmp_path / "eventdb").mkdir()
+    with open(tmp_path / "comet.log", "wb") as log_file:
+        processes.append(subprocess.Popen(
+            [str(comet_bin / "twistd"), "-n", "--pidfile=", "--logfile=-", "comet",
+             "--receive", f"--receive-port={submit_port}", "--broadcast",
+             f"--broadcast-port={broadcast_port}", "--broadcast-test-interval=0",
+             "--local-ivo=ivo://mmcross-test/comet", f"--eventdb={tmp_path / 'eventdb'}"],
+            cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT))
+    events: list = []
+    listener = VTPListener.from_config(config, events.append,
+                                       servers=[f"127.0.0.1:{broadcast_port}"],
+                                       backoff_min=0.1, backoff_max=0.5)
+    listener.start()
+    try:
+        # Comet's broadcaster greets each new subscriber with an authenticate Transport.
+        wait_until(lambda: listener.stats["authenticate"] >= 1, "Comet to register us")
+        wait_until(lambda: subprocess.run(
+            [str(comet_bin / "comet-sendvo"), "-h", "127.0.0.1", "-p", str(submit_port),
+             "-f", str(gbm)], capture_output=True, timeout=WAIT).returncode == 0,
+            "Comet to accept the submission")
+        wait_until(lambda: events, "the notice relayed by Comet")
+    finally:
+        listener.stop()
+    [event] = events
+    assert event.event_id == "fermi-gbm:681547990" and event.raw == gbm.read_bytes()
+    assert event.source.startswith(f"vtp://127.0.0.1:{broadcast_port} ivo://nasa.gsfc.gcn/")
+    assert listener.stats["voevents"] == 1 and listener.stats["unparsable"] == 0
 

@@ -9,9 +9,11 @@ thread (:meth:`Subscriber.start`) or the caller's (:meth:`Subscriber.run`) until
 :meth:`Subscriber.stop`.
 
 ``stats`` counts ``connections``, ``connect_failures``, ``packets``, ``iamalive``,
-``voevents`` (acknowledged), ``unexpected_transport``, ``unparsable``, ``refused_doctype``,
-``oversized_frames``, ``truncated_frames``, ``timeouts``, ``socket_errors``,
-``handler_errors``; a handler may count in the same :class:`~collections.Counter`.
+``authenticate`` (a broker's optional request for filters, left unanswered as Comet's
+broadcaster allows), ``voevents`` (acknowledged), ``unexpected_transport``, ``unparsable``,
+``refused_doctype``, ``oversized_frames``, ``truncated_frames``, ``timeouts``,
+``socket_errors``, ``handler_errors``; a handler may count in the same
+:class:`~collections.Counter`.
 """
 
 from __future__ import annotations
@@ -191,6 +193,10 @@ class Subscriber:
             if packet.role == "iamalive":
                 self.stats["iamalive"] += 1
                 conn.send(iamalive_reply(packet, self.ivorn))
+            elif packet.role == "authenticate":  # Comet's broker asks for filters: none
+                self.stats["authenticate"] += 1
+                log.debug("VTP peer %s asked to authenticate; no filters to declare",
+                          conn.peer)
             else:
                 self.stats["unexpected_transport"] += 1
                 log.warning("unexpected VTP Transport role %r from %s", packet.role, conn.peer)
