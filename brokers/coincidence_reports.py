@@ -34,7 +34,7 @@ DEFAULT_AUTHOR_IVORN = "ivo://mmcross"
 _UNITS = {"time_difference": "s", "window_lo": "s", "window_hi": "s", "gw_far": "Hz",
           "ext_far": "Hz", "temporal_far": "Hz", "spacetime_far": "Hz", "weighted_far": "Hz",
           "far_threshold": "Hz", "combined_area90": "deg2", "lvk_temporal_far": "Hz",
-          "lvk_spacetime_far": "Hz"}
+          "lvk_spacetime_far": "Hz", "lvk_time_difference": "s", "lvk_combined_area90": "deg2"}
 
 
 @functools.cache

@@ -87,8 +87,7 @@ def _parse_alert(d: dict[str, Any], ctx: NoticeContext, *, skymap_is_base64: boo
         sig["far"] = float(sig["far"])  # Hz
     ext = d.get("external_coinc")
     if isinstance(ext, dict):
-        sig["external_coinc"] = jsonable({k: v for k, v in ext.items()
-                                          if k != "combined_skymap"})
+        sig["external_coinc"] = _external_coinc(ext, ctx, sid, skymap_is_base64)
     sig["urls"] = jsonable(urls)
     raw_map = event.get("skymap")
     if skymap_is_base64:
@@ -109,6 +108,28 @@ def _parse_alert(d: dict[str, Any], ctx: NoticeContext, *, skymap_is_base64: boo
         event_id=f"lvk:{sid}", kind=EventKind.GW, instrument="LVK", trigger_time=trigger_time,
         localization=localize.skymap(ctx, fits_bytes, f"LVK {sid} sky map"),
         notice_type=alert_type, notice_time=notice_time, role=role, significance=sig)
+
+
+def _external_coinc(ext: dict[str, Any], ctx: NoticeContext, sid: str,
+                    skymap_is_base64: bool) -> dict[str, Any]:
+    """RAVEN's own coincidence result an LVK notice carries (``external_coinc``): its fields as
+    they come (``time_coincidence_far`` and ``time_sky_position_coincidence_far`` in Hz,
+    ``time_difference`` in s, the external notice's ``ivorn``...) and the 90 % credible area
+    (deg^2) of its combined sky map, which is checked to be a valid map; the map itself stays
+    in the raw notice (``Event.raw``)."""
+    info = jsonable({k: v for k, v in ext.items() if k != "combined_skymap"})
+    combined = ext.get("combined_skymap")
+    if combined:
+        what = f"LVK {sid} external_coinc combined sky map"
+        if skymap_is_base64:
+            if not isinstance(combined, str):
+                raise ctx.bad(f"{what} is not base64 text")
+            try:
+                combined = base64.b64decode(combined, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ctx.bad(f"{what} is not valid base64") from exc
+        info["combined_skymap_area90"] = localize.skymap(ctx, combined, what).area(0.9)
+    return info
 
 
 def parse_voevent(doc: VOEventDoc, ctx: NoticeContext, packet_type: int | None) -> Event:

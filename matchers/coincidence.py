@@ -239,7 +239,9 @@ class CoincidenceSearch:
             combined_area90=combined.area(0.9) if combined is not None else None,
             lvk_temporal_far=_float(lvk.get("time_coincidence_far")) if same else None,
             lvk_spacetime_far=_float(lvk.get("time_sky_position_coincidence_far"))
-            if same else None)
+            if same else None,
+            lvk_time_difference=_float(lvk.get("time_difference")) if same else None,
+            lvk_combined_area90=_float(lvk.get("combined_skymap_area90")) if same else None)
         return Found(record, combined)
 
     # ------------------------------------------------------------------ pieces

@@ -9,6 +9,7 @@ sky maps (loaded from its wheel).
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import healpy as hp
@@ -239,3 +240,48 @@ def test_gw_retraction_revokes_too(shared_file, tmp_path, gw, peak):
     assert [x.retracted for x in out.coincidences] == [True]
     assert c.coincidence_id not in engine.index
     assert ext.event_id in engine.index
+
+
+# ---------------------------------------------------- the LVK's own RAVEN result (external_coinc)
+
+def test_lvk_external_coinc_reported_beside_ours(shared_file, tmp_path):
+    """The LVK sample alert MS181101ab (IGWN Avro) carries RAVEN's result for a Fermi GBM
+    burst 2.02 s after the merger. The real GBM notice, given that burst's IVORN and placed
+    there, forms the same pair: mmcross reports its FARs and the LVK's side by side."""
+    gw = read_notice_file(shared_file("gcn/avro/userguide/MS181101ab-ext-update.avro"),
+                          roles=("observation", "test"))
+    lvk = gw.significance["external_coinc"]
+    xml = place_voevent(shared_file(GBM_NOTICE).read_bytes(),
+                        gw.trigger_time + TimeDelta(lvk["time_difference"], format="sec"),
+                        *(float(x[0]) for x in gw.localization.sample(
+                            1, np.random.default_rng(2))), 60.0)
+    xml = re.sub(rb'ivorn="[^"]*"', f'ivorn="{lvk["ivorn"]}"'.encode(), xml, count=1)
+    path = tmp_path / "gbm.xml"
+    path.write_bytes(xml)
+    engine = Engine(Config.load())
+    engine.on_notice(gw)
+    (c,) = engine.on_notice(read_notice_file(path)).coincidences
+    assert c.lvk_temporal_far == lvk["time_coincidence_far"]
+    assert c.lvk_spacetime_far == lvk["time_sky_position_coincidence_far"]
+    assert c.lvk_time_difference == lvk["time_difference"]
+    assert c.time_difference == pytest.approx(-lvk["time_difference"], abs=0.011)
+    assert c.lvk_combined_area90 == pytest.approx(lvk["combined_skymap_area90"])
+    assert c.temporal_far is not None and c.spacetime_far is not None
+    assert not c.publishable  # MS superevents are tests
+
+
+def test_lvk_combined_map_area_is_ligo_skymaps(shared_file):
+    """The area kept for the notice's combined map equals ligo.skymap's on the same map."""
+    from ligo.skymap.postprocess.util import find_greedy_credible_levels
+
+    gw = read_notice_file(shared_file("gcn/avro/userguide/MS181101ab-ext-update.avro"),
+                          roles=("observation", "test"))
+    table = skymap_fits.read_sky_map(
+        str(shared_file("skymaps/userguide/MS181101ab_combined-ext.multiorder.fits")), moc=True)
+    order, _ = uniq_to_order_ipix(np.asarray(table["UNIQ"]))
+    area = 4 * np.pi / (12 * 4.0 ** order) * (180 / np.pi) ** 2
+    prob = np.asarray(table["PROBDENSITY"]) * area / (180 / np.pi) ** 2
+    cl = find_greedy_credible_levels(prob, np.asarray(table["PROBDENSITY"]))
+    expected = float(np.sum(area[cl <= 0.9]))
+    assert gw.significance["external_coinc"]["combined_skymap_area90"] == \
+        pytest.approx(expected, rel=0.02)

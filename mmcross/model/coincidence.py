@@ -45,6 +45,9 @@ class Coincidence:
         combined_area90: 90 % credible area of the combined map, deg^2 (``None`` if none).
         lvk_temporal_far, lvk_spacetime_far: the FARs the LVK notice's ``external_coinc``
             reports for the same pair (RAVEN's own result), Hz, else ``None``.
+        lvk_time_difference: the LVK's ``time_difference`` for the pair, t_ext - t_GW, s
+            (gwcelery's sign: the opposite of ``time_difference``).
+        lvk_combined_area90: 90 % credible area of RAVEN's combined map in that notice, deg^2.
         gw_time, ext_time: trigger times, ISO 8601 UTC.
         retracted: True on the record revoking the coincidence.
     """
@@ -80,6 +83,8 @@ class Coincidence:
     combined_area90: float | None = None
     lvk_temporal_far: float | None = None
     lvk_spacetime_far: float | None = None
+    lvk_time_difference: float | None = None
+    lvk_combined_area90: float | None = None
     retracted: bool = False
 
     @property
