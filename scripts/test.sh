@@ -7,6 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# TOM Toolkit pins its own numpy/astropy: it lives in a venv of its own (tests marked
+# tom); built once, then reused.
+MMCROSS_TOM_PYTHON=$(bash scripts/tom_env.sh)
+export MMCROSS_TOM_PYTHON
 
 state="${MMCROSS_TEST_STATE:-$(mktemp -d -t mmcross-test-XXXXXX)}"
 mkdir -p "$state"
