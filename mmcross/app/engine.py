@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from mmcross.matchers import Matcher
 from mmcross.matchers.coincidence import CoincidenceSearch, Found
+from mmcross.matchers.history_match import retro_candidates
 from mmcross.model.alert import AlertBatch
 from mmcross.model.coincidence import Coincidence
 from mmcross.model.config import Config
@@ -164,7 +165,9 @@ class Engine:
                                  self._emit(self._revoke(indexed.event_id, None)))
         window = self.config.time_window(indexed.kind)
         t0 = indexed.trigger_mjd_tai
-        past = self.history.between(t0 + window.before, t0 + window.after)
+        past = retro_candidates(self.history, indexed.localization,
+                                self.config.credible_level, t0 + window.before,
+                                t0 + window.after)
         found = self.matcher.match(past, only=[indexed.event_id]) if len(past) else []
         self.stats["retro_matches"] += len(found)
         still = {m.alert_id for m in found}
