@@ -1,16 +1,22 @@
 """File sinks for match reports: JSON Lines and one VOEvent file per counterpart.
 
-Both take what the engine emits: new matches and revocations (``retracted=True``).
+All take what the engine emits: new matches and revocations (``retracted=True``).
+:class:`JsonLinesSink` and :class:`VOEventDirectorySink` write at once (replay, demo);
+:class:`JournaledLines` and :class:`JournaledVOEvents` add to the open
+:class:`~mmcross.brokers.spool.OutputTransaction` of the embedded service, made visible only
+when its journal entry is committed (exactly once, see :mod:`mmcross.brokers.spool`).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from mmcross.brokers.reports import JsonLinesWriter
+from mmcross.brokers.reports import JsonLinesWriter, match_to_json
+from mmcross.brokers.spool import OutputTransaction
 from mmcross.brokers.voevent_out import counterpart_voevent, retraction_voevent
 from mmcross.model.match import Match
 
@@ -31,8 +37,7 @@ class VOEventDirectorySink:
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, match: Match) -> Path:
-        stem = _UNSAFE.sub("_", f"{match.event_id}_{match.alert_id}")
-        return self.directory / (f"{stem}.retraction.xml" if match.retracted else f"{stem}.xml")
+        return voevent_path(self.directory, match)
 
     def write(self, matches: Sequence[Match]) -> None:
         for match in matches:
@@ -44,3 +49,47 @@ class VOEventDirectorySink:
 
     def close(self) -> None:
         pass
+
+
+def voevent_path(directory: Path, match: Match) -> Path:
+    """``DIR/<event>_<alert>.xml`` of a counterpart, ``...retraction.xml`` of a revocation."""
+    stem = _UNSAFE.sub("_", f"{match.event_id}_{match.alert_id}")
+    return directory / (f"{stem}.retraction.xml" if match.retracted else f"{stem}.xml")
+
+
+class JournaledLines:
+    """One JSON line per record (``to_line(record)``) appended to ``path`` in the open
+    output transaction ``current()`` (matches: :func:`match_to_json`; partner stream
+    matches: their ``to_json``)."""
+
+    def __init__(self, path: str | Path, current: Callable[[], OutputTransaction],
+                 to_line: Callable[[Any], str] = match_to_json) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._current = current
+        self._to_line = to_line
+
+    def write(self, records: Sequence[Any]) -> None:
+        self._current().append(self.path, "".join(self._to_line(r) + "\n" for r in records))
+
+    def close(self) -> None:
+        """Nothing: the service commits its transactions."""
+
+
+class JournaledVOEvents:
+    """A counterpart or retraction VOEvent file per match (named as
+    :class:`VOEventDirectorySink` names them) in the open output transaction."""
+
+    def __init__(self, directory: str | Path, current: Callable[[], OutputTransaction]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._current = current
+
+    def write(self, matches: Sequence[Match]) -> None:
+        txn = self._current()
+        for m in matches:
+            xml = retraction_voevent(m) if m.retracted else counterpart_voevent(m)
+            txn.put_file(voevent_path(self.directory, m), xml)
+
+    def close(self) -> None:
+        """Nothing: the service commits its transactions."""

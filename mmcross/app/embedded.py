@@ -1,17 +1,29 @@
-"""``mmcross listen`` without Kafka: SQLite plus a file spool.
+"""``mmcross listen`` without Kafka: SQLite plus a file spool, exactly once.
 
 Notice and alert files dropped in ``<spool>/in`` are processed once each (moved to ``done/``
 or, with the reason, ``failed/``); reports go to ``<spool>/out`` as JSON Lines and VOEvent
 files, partner detection files in ``<spool>/in/detections/<partner>/`` are matched too.
+
+Each input file is one transaction of the spool journal (:class:`~mmcross.brokers.spool.
+SpoolJournal`): its report lines, VOEvent files, dead-letter lines, partner matches, store
+writes (staged by a :class:`~mmcross.app.staged_store.StagedStore`) and its own move out of
+``in/`` are committed by one journal entry, then applied. Events pushed over VTP are one
+transaction per loop pass. A crash at any point neither loses nor repeats an output file or
+JSON line: start-up finishes committed entries and drops uncommitted staging, and the engine is
+restored from the store, which holds exactly the committed writes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from mmcross.app.engine import Engine
 from mmcross.app.metrics import Metrics, MetricsServer, RateMeter
@@ -22,9 +34,23 @@ from mmcross.app.service_state import (
     newest_alert_mjd,
     prune_history,
 )
+from mmcross.app.staged_store import StagedStore, apply_writes, decode_writes, encode_writes
 from mmcross.app.transports import Transports
+from mmcross.brokers.alert_files import iter_alert_batches
+from mmcross.brokers.sinks import JournaledLines, JournaledVOEvents
+from mmcross.brokers.spool import (
+    PARTNER_MATCHES,
+    FileSpool,
+    OutputTransaction,
+    SpoolFile,
+    SpoolJournal,
+    detections_partner,
+)
+from mmcross.listeners import parse_notice
+from mmcross.listeners.partner_detections import parse_detections
+from mmcross.listeners.partners import SubmissionRefusedError
 from mmcross.model.config import Config, notice_options
-from mmcross.model.errors import NotAnEventError
+from mmcross.model.errors import MmcrossError, NotAnEventError
 
 if TYPE_CHECKING:
     from mmcross.catalogs import Store
@@ -56,8 +82,7 @@ class EmbeddedService(EngineLoop):
     into ``<spool>/in`` are handled once each, oldest first, then moved to ``<spool>/done``
     (refused files to ``<spool>/failed`` with the reason). Reports go to
     ``<spool>/out/matches.jsonl`` and ``<spool>/out/voevents/``; refused alert packets to
-    ``<spool>/out/dead-letters.jsonl``. Events, matches and alert history are in the store,
-    so a restart goes on where it stopped (a file read twice adds no report).
+    ``<spool>/out/dead-letters.jsonl``. Every file is one journal transaction (module doc).
 
     Args:
         config: merged configuration (``[spool]``, ``[service]``, ``[metrics]``).
@@ -66,7 +91,7 @@ class EmbeddedService(EngineLoop):
         metrics_port: overrides ``[metrics] port`` (-1 off, 0 any free port).
     """
 
-    reports_delivered_on_write = True  # file sinks write synchronously
+    reports_delivered_on_write = True  # counted when staged; visible once committed
 
     def __init__(self, config: Config, store: Store, *, spool_dir: str | None = None,
                  metrics_port: int | None = None) -> None:
@@ -84,37 +109,76 @@ class EmbeddedService(EngineLoop):
         self.metrics_server: MetricsServer | None = None
         self.stats = ServiceStats()
         self.engine: Engine | None = None
-        self.spool = None
+        self.staged: StagedStore | None = None
+        self.spool: FileSpool | None = None
+        self.journal: SpoolJournal | None = None
+        self._txn = OutputTransaction()
         self._stop = threading.Event()
         self._rate = RateMeter(10.0)
         self._newest: float | None = None
         self._last_prune = time.monotonic()
-        self._dead_path = None
-        self.partner_out = None
+        self._dead_path: Path | None = None
+        self.partner_out: JournaledLines | None = None
         self.transports = Transports(config)
 
     def start(self) -> None:
-        from mmcross.brokers.sinks import JsonLinesSink, VOEventDirectorySink
-        from mmcross.brokers.spool import PARTNER_MATCHES, FileSpool, PartnerMatchFile
-
+        """Finish or drop the transactions a crash left, restore the engine, start inputs."""
         sp = self.spool_settings
         self.metrics.set("start_unixtime", time.time())
         if self.metrics_port >= 0 and self.metrics_server is None:
             self.metrics_server = MetricsServer(self.metrics, self.metrics_port,
                                                 self.metrics_host)
         self.spool = FileSpool(sp.directory, settle=sp.settle)
-        self._dead_path = self.spool.out / "dead-letters.jsonl"
+        self.journal = SpoolJournal(self.spool.directory / "journal")
+        self.journal.recover(self._apply_store_payload)
+        out = self.spool.out
+        self._dead_path = out / "dead-letters.jsonl"
         if self.transports.streams is not None and self.partner_out is None:
-            self.partner_out = PartnerMatchFile(self.spool.out / PARTNER_MATCHES)
-        sinks = [JsonLinesSink(self.spool.out / "matches.jsonl"),
-                 VOEventDirectorySink(self.spool.out / "voevents")]
-        self.engine = Engine(self.config, store=self.store, sinks=sinks)
+            self.partner_out = JournaledLines(out / PARTNER_MATCHES, self._current,
+                                              to_line=lambda m: m.to_json())
+        sinks = [JournaledLines(out / "matches.jsonl", self._current),
+                 JournaledVOEvents(out / "voevents", self._current)]
+        self.staged = StagedStore(self.store)
+        self.engine = Engine(self.config, store=self.staged, sinks=sinks)
         self._newest = newest_alert_mjd(self.store)
         prune_history(self.store, self.config, self._newest)
         self.engine.restore()
         self.transports.start(self.engine)
         log.info("embedded mode (no Kafka configured): watching %s, reports to %s; "
                  "%d live events", self.spool.inbox, self.spool.out, len(self.engine.index))
+
+    def _current(self) -> OutputTransaction:
+        return self._txn
+
+    def _apply_store_payload(self, payload: bytes | None) -> None:
+        if payload:
+            apply_writes(self.store, decode_writes(payload))
+
+    def _commit(self, moves: list[tuple[Path, Path]]) -> None:
+        """Commit the open output transaction with the staged store writes and ``moves``
+        (journal entry), then apply it."""
+        assert self.journal is not None and self.staged is not None
+        txn = self._txn
+        txn.moves.extend(moves)
+        writes = self.staged.take()
+        if not txn and not writes:
+            return
+        entry = self.journal.commit(txn, encode_writes(writes) if writes else b"")
+        self._txn = OutputTransaction()
+        self.stats.commits += 1
+        self.metrics.inc("commits_total")
+        self.journal.apply(entry, lambda _payload: apply_writes(self.store, writes))
+
+    def _finish(self, item: SpoolFile, reason: str | None = None) -> None:
+        """Commit what ``item`` caused together with its move to done/ (failed/ with
+        ``<name>.reason.txt`` when ``reason`` is given)."""
+        assert self.spool is not None
+        target = self.spool.destination(item, failed=reason is not None)
+        if reason is not None:
+            self._txn.put_file(target.with_name(target.name + ".reason.txt"),
+                               (reason + "\n").encode())
+        self._commit([(item.path, target)])
+        self.spool.forget(item)
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the current file (signal-handler safe)."""
@@ -135,15 +199,15 @@ class EmbeddedService(EngineLoop):
 
     def close(self) -> None:
         self.transports.stop_inputs()
-        if self.engine is not None:
-            self.transports.poll(self._apply_event, self._apply_detections)
+        if self.engine is not None and self.transports.poll(self._apply_event,
+                                                            self._apply_detections):
+            self._commit([])
         self.transports.inbox.close()
         if self.engine is not None:
             self.engine.close()
             self.engine = None
-        if self.partner_out is not None:
-            self.partner_out.close()
-            self.partner_out = None
+        self.store.close()
+        self.partner_out = None
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None
@@ -152,10 +216,12 @@ class EmbeddedService(EngineLoop):
                  self.stats.reports)
 
     def step(self) -> int:
-        """Apply the events pushed over VTP, then handle every settled file of the spool;
-        returns how many inputs were handled."""
+        """Apply the events pushed over VTP (one transaction), then handle every settled
+        file of the spool (one transaction each); returns how many inputs were handled."""
         assert self.spool is not None
         n = self.transports.poll(self._apply_event, self._apply_detections)
+        if n:
+            self._commit([])
         for item in self.spool.ready():
             if self._stop.is_set():
                 break
@@ -175,11 +241,8 @@ class EmbeddedService(EngineLoop):
             prune_history(self.store, self.config, self._newest)
         return n
 
-    def _notice_file(self, item) -> None:
-        from mmcross.listeners import parse_notice
-        from mmcross.model.errors import MmcrossError
-
-        assert self.engine is not None and self.spool is not None
+    def _notice_file(self, item: SpoolFile) -> None:
+        assert self.engine is not None
         try:
             event = parse_notice(item.path.read_bytes(), source=str(item.path),
                                  **notice_options(self.config))
@@ -187,26 +250,20 @@ class EmbeddedService(EngineLoop):
             self.stats.notices_refused += 1
             self.metrics.inc("notices_total", outcome="not_an_event")
             log.info("notice file %s is not an event: %s", item.path, exc)
-            self.spool.complete(item)
+            self._finish(item)
             return
         except (MmcrossError, OSError) as exc:
             self.stats.notices_refused += 1
             self.metrics.inc("notices_total", outcome="refused")
             self.metrics.inc("dead_letters_total", error=type(exc).__name__)
             log.warning("notice file %s refused: %s", item.path, exc)
-            self.spool.fail(item, f"{type(exc).__name__}: {exc}")
+            self._finish(item, f"{type(exc).__name__}: {exc}")
             return
         self._apply_event(event)
-        self.spool.complete(item)
+        self._finish(item)
 
-    def _alert_file(self, item) -> None:
-        import json
-
-        import numpy as np
-
-        from mmcross.brokers.alert_files import iter_alert_batches
-
-        assert self.engine is not None and self.spool is not None
+    def _alert_file(self, item: SpoolFile) -> None:
+        assert self.engine is not None and self._dead_path is not None
         errors: list[Exception] = []
         n = 0
         for batch in iter_alert_batches([item.path], chunk=self.spool_settings.chunk,
@@ -226,27 +283,22 @@ class EmbeddedService(EngineLoop):
             self._rate.add(len(batch), time.monotonic())
         self.stats.alerts += n
         if errors:
-            with open(self._dead_path, "a", encoding="utf-8") as f:
-                for exc in errors:
-                    f.write(json.dumps({"file": str(item.path.name), "error": type(exc).__name__,
-                                        "reason": str(exc)}) + "\n")
+            self._txn.append(self._dead_path, "".join(
+                json.dumps({"file": str(item.path.name), "error": type(exc).__name__,
+                            "reason": str(exc)}) + "\n" for exc in errors))
             for exc in errors:
                 self.metrics.inc("dead_letters_total", error=type(exc).__name__)
         if n == 0 and errors:
-            self.spool.fail(item, "; ".join(str(e) for e in errors[:10]))
             log.warning("alert file %s refused: %s", item.path, errors[0])
+            self._finish(item, "; ".join(str(e) for e in errors[:10]))
             return
         log.info("alert file %s: %d alerts (%d refused)", item.path.name, n, len(errors))
-        self.spool.complete(item)
+        self._finish(item)
 
-    def _detections_file(self, item) -> None:
+    def _detections_file(self, item: SpoolFile) -> None:
         """A partner's detections dropped in ``in/detections/<partner>/`` (operator input:
         no signature, no rate limit; the partner must exist and have a stream rule, and the
         file is within its ``max_bytes``)."""
-        from mmcross.brokers.spool import detections_partner
-        from mmcross.listeners.partner_detections import parse_detections
-        from mmcross.listeners.partners import SubmissionRefusedError
-
         assert self.spool is not None
         partner = detections_partner(item, self.spool.inbox)
         try:
@@ -267,8 +319,7 @@ class EmbeddedService(EngineLoop):
             self.stats.detections_refused += 1
             self.metrics.inc("dead_letters_total", error=type(exc).__name__)
             log.warning("detections file %s refused: %s", item.path, exc)
-            self.spool.fail(item, f"{getattr(exc, 'reason', type(exc).__name__)}: {exc}")
+            self._finish(item, f"{getattr(exc, 'reason', type(exc).__name__)}: {exc}")
             return
         self._apply_detections(partner, detections)
-        self.spool.complete(item)
-
+        self._finish(item)

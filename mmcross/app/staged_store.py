@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from mmcross.model import crashpoints
@@ -37,12 +38,16 @@ class StagedStore:
 
     Args:
         store: the real store (catalogs.Store or anything with the Store protocol).
+
+    Build a new one whenever staged writes are thrown away (an abort): it remembers the
+    matches it staged.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._writes: list[Write] = []
-        self._match_keys: set[tuple[str, int, int]] = set()
+        # (revision, alert id) of the matches stored or staged, per event (loaded on first use)
+        self._known: dict[str, set[tuple[int, int]]] = {}
 
     # -- reads (the committed state) ---------------------------------------------------
 
@@ -62,12 +67,17 @@ class StagedStore:
         return event.revision
 
     def save_matches(self, matches: list[Match]) -> list[Match]:
-        """Stage matches; returns those not staged before in this transaction."""
+        """Stage matches; returns those neither stored nor staged before (so that an alert
+        read twice, e.g. a file dropped again, is reported once), input order."""
         new = []
         for m in matches:
-            key = (str(m.event_id), int(m.event_revision), int(m.alert_id))
-            if key not in self._match_keys:
-                self._match_keys.add(key)
+            known = self._known.get(m.event_id)
+            if known is None:
+                known = self._known[m.event_id] = {
+                    (s.event_revision, s.alert_id) for s in self.store.matches(m.event_id)}
+            key = (int(m.event_revision), int(m.alert_id))
+            if key not in known:
+                known.add(key)
                 new.append(m)
         if new:
             self._writes.append(("matches", new))
@@ -79,8 +89,9 @@ class StagedStore:
         return []
 
     def save_alert_history(self, batch: AlertBatch) -> None:
+        """Stage the columns the store keeps (not the packets)."""
         if len(batch):
-            self._writes.append(("history", batch))
+            self._writes.append(("history", replace(batch, packets=None, sources=None)))
 
     def close(self) -> None:
         """Nothing: the service closes the real store."""
@@ -88,7 +99,6 @@ class StagedStore:
     def take(self) -> list[Write]:
         """The writes staged since the last call (in order), and forget them."""
         writes, self._writes = self._writes, []
-        self._match_keys = set()
         return writes
 
 
