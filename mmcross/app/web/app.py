@@ -70,11 +70,25 @@ class ErrorOut(BaseModel):
 
 
 _TIME_HELP = "ISO 8601 UTC (2023-05-18T12:59:08Z) or MJD TAI (60082.54)"
+TIME_PATTERN = r"^(\d+(\.\d+)?|\d{4}-\d\d-\d\d([T ]\d\d:\d\d(:\d\d(\.\d+)?)?Z?)?)$"
+"""What a time parameter looks like (the calendar and the MJD range are checked after)."""
+
+
+def _time_query(what: str) -> Any:
+    return Query(pattern=TIME_PATTERN, description=f"{what}: {_TIME_HELP}")
+
+
 TimeParam = Annotated[str | None, AfterValidator(lambda v: None if v is None else parse_time(v))]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut,
                                                     "description": "unknown event"}}
+PAGE_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"content": {"text/html": {}}, "description": "unknown event (HTML page)"}}
 _SORTABLE = ((PageSort.TIME_OFFSET, "\u0394t (days)"), (PageSort.CREDIBLE_LEVEL, "credible level"),
              (PageSort.P_CHANCE, "p_chance"), (PageSort.DISTANCE, "distance (Mpc)"))
+
+
+def _missing(event_id: str) -> str:
+    return f"event {event_id!r} is not in the store"
 
 
 def event_path(event_id: str, suffix: str = "") -> str:
@@ -119,8 +133,13 @@ def create_app(store_url: str, config: Config) -> FastAPI:
     def known(event_id: str) -> EventSummary:
         event = catalog.event(event_id)
         if event is None:
-            raise HTTPException(404, detail=f"event {event_id!r} is not in the store")
+            raise HTTPException(404, detail=_missing(event_id))
         return event
+
+    def missing_page(request: Request, event_id: str) -> HTMLResponse:
+        response = page(request, "missing.html", {"message": _missing(event_id)})
+        response.status_code = 404
+        return response
 
     def counterparts(event_id: str, sort: PageSort, order: Order,
                      revoked: bool) -> dict[str, Any]:
@@ -150,11 +169,13 @@ def create_app(store_url: str, config: Config) -> FastAPI:
         return page(request, "index.html", {"events": events})
 
     @app.get("/events/{event_id}", response_class=HTMLResponse, name="event_page",
-             responses=NOT_FOUND, summary="One event: sky map, counterparts, revisions (HTML)")
+             responses=PAGE_NOT_FOUND, summary="One event: sky map, counterparts, revisions (HTML)")
     def event_page(request: Request, event_id: str,
                    sort: PageSort = PageSort.CREDIBLE_LEVEL, order: Order = Order.ASC,
                    revoked: bool = False) -> HTMLResponse:
-        event = known(event_id)
+        event = catalog.event(event_id)
+        if event is None:
+            return missing_page(request, event_id)
         toggle = {"sort": str(sort), "order": str(order)} | ({} if revoked
                                                              else {"revoked": "true"})
         return page(request, "event.html", {
@@ -164,12 +185,13 @@ def create_app(store_url: str, config: Config) -> FastAPI:
             **counterparts(event_id, sort, order, revoked)})
 
     @app.get("/events/{event_id}/counterparts", response_class=HTMLResponse,
-             name="counterparts_fragment", responses=NOT_FOUND,
+             name="counterparts_fragment", responses=PAGE_NOT_FOUND,
              summary="The counterpart table of an event alone (HTML fragment, polled)")
     def counterparts_fragment(request: Request, event_id: str,
                               sort: PageSort = PageSort.CREDIBLE_LEVEL,
                               order: Order = Order.ASC, revoked: bool = False) -> HTMLResponse:
-        known(event_id)
+        if catalog.event(event_id) is None:
+            return missing_page(request, event_id)
         return templates.TemplateResponse(request, "counterparts.html", {
             "object_url": settings.link, **counterparts(event_id, sort, order, revoked)})
 
@@ -194,10 +216,8 @@ def create_app(store_url: str, config: Config) -> FastAPI:
             kind: Annotated[str | None, Query(description="gw, grb, neutrino...")] = None,
             instrument: Annotated[str | None, Query(description="e.g. LVK, Fermi-GBM")] = None,
             status: EventStatus | None = None,
-            since: Annotated[TimeParam, Query(description=f"trigger time >= this, {_TIME_HELP}")
-                             ] = None,
-            until: Annotated[TimeParam, Query(description=f"trigger time <= this, {_TIME_HELP}")
-                             ] = None,
+            since: Annotated[TimeParam, _time_query("trigger time >= this")] = None,
+            until: Annotated[TimeParam, _time_query("trigger time <= this")] = None,
             limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100) -> list[EventOut]:
         rows = catalog.events(EventFilter(kind=kind, instrument=instrument, status=status,
                                           since=since, until=until, limit=limit))
@@ -219,10 +239,8 @@ def create_app(store_url: str, config: Config) -> FastAPI:
             instrument: Annotated[str | None, Query(description="event instrument")] = None,
             max_credible_level: Annotated[float | None, Query(ge=0, le=1)] = None,
             max_p_chance: Annotated[float | None, Query(ge=0, le=1)] = None,
-            since: Annotated[TimeParam, Query(description=f"alert time >= this, {_TIME_HELP}")
-                             ] = None,
-            until: Annotated[TimeParam, Query(description=f"alert time <= this, {_TIME_HELP}")
-                             ] = None,
+            since: Annotated[TimeParam, _time_query("alert time >= this")] = None,
+            until: Annotated[TimeParam, _time_query("alert time <= this")] = None,
             include_revoked: bool = False,
             limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 1000) -> list[MatchOut]:
         rows = catalog.matches(MatchFilter(
