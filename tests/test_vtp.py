@@ -51,6 +51,7 @@ from mmcross.vtp.base import (
     read_packet,
     transport_message,
 )
+from mmcross.vtp.receiver import Receiver, Submission, SubmissionRefusedError
 from mmcross.vtp.subscriber import Subscriber
 from tests.helpers import (
     GOOD_TOKEN,
@@ -309,6 +310,38 @@ def test_subscriber_role_answers_iamalive_split_across_tcp_segments_and_acks_voe
     assert acked.get("role") == "ack" and acked.findtext("Origin") == "ivo://broker.test/x#1"
     assert seen == [(voevent, f"127.0.0.1:{server.port}")]
     assert role.stats["iamalive"] == 1 and role.stats["voevents"] == 1
+
+
+def test_receiver_role_acks_naks_with_the_handlers_reason_and_survives_a_failing_handler():
+    def handler(submission: Submission) -> str:
+        assert submission.packet is not None and submission.host == "127.0.0.1"
+        if submission.packet.ivorn.endswith("#refuse"):
+            raise SubmissionRefusedError("bad_notice", "details for the log", reply="no")
+        if submission.packet.ivorn.endswith("#crash"):
+            raise RuntimeError("handler bug")
+        return submission.packet.ivorn
+
+    role = Receiver(handler, port=0, ivorn="ivo://mmcross-test/receiver").start()
+    answers = []
+    try:
+        with socket.create_connection(("127.0.0.1", role.port), WAIT) as s:
+            s.settimeout(WAIT)
+            for suffix in ("ok", "refuse", "crash", "ok2"):
+                s.sendall(frame(f"<VOEvent ivorn='ivo://a/b#{suffix}' role='test'/>".encode()))
+                answers.append(etree.fromstring(read_frame(s)))
+            s.sendall(frame(transport_message("iamalive", "ivo://author")))
+            answers.append(etree.fromstring(read_frame(s)))
+    finally:
+        role.stop()
+    roles = [(a.get("role"), a.findtext("Origin"), a.findtext("Meta/Result")) for a in answers]
+    assert roles == [("ack", "ivo://a/b#ok", None),
+                     ("nak", "ivo://a/b#refuse", "bad_notice: no"),
+                     ("nak", "ivo://a/b#crash", "internal error: not accepted, retry later"),
+                     ("ack", "ivo://a/b#ok2", None),
+                     ("iamalive", "ivo://author", None)]
+    assert answers[-1].findtext("Response") == "ivo://mmcross-test/receiver"
+    assert (role.stats["accepted"], role.stats["bad_notice"], role.stats["refused"],
+            role.stats["handler_errors"]) == (2, 1, 1, 1)
 
 
 # -- GCN Classic over VTP in ---------------------------------------------------------------

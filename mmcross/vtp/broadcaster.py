@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from mmcross.model.errors import ConfigError
 from mmcross.vtp.base import (
     BadPacketError,
     FrameDecoder,
@@ -122,7 +123,8 @@ class Broadcaster(Generic[T]):
                  queue_size: int = QUEUE_SIZE, overflow: str = "drop-oldest",
                  max_reply_bytes: int = MAX_REPLY_BYTES, send_buffer_bytes: int = 0) -> None:
         if overflow not in OVERFLOW_POLICIES:
-            raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}")
+            raise ConfigError(f"VTP broadcaster overflow must be one of {OVERFLOW_POLICIES}, "
+                              f"got {overflow!r}")
         self.encode, self.filter_for = encode, filter_for
         self.host, self.port, self.ivorn = host, port, ivorn
         self.iamalive_interval = iamalive_interval
