@@ -12,6 +12,7 @@ Every wait is bounded by :data:`DEADLINE` and is never an assertion on speed.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -506,3 +508,44 @@ def place_voevent(xml: bytes, trigger, ra: float, dec: float, delay_s: float) ->
     text = re.sub(r"<C1>[^<]*</C1>", f"<C1>{ra:.4f}</C1>", text)
     text = re.sub(r"<C2>[^<]*</C2>", f"<C2>{dec:.4f}</C2>", text)
     return text.encode()
+
+
+class JSONServer:
+    """A local HTTP server (127.0.0.1, any free port) answering every GET and POST with
+    ``answer(method, path, headers, body) -> (status, JSON value)``; a context manager whose
+    :attr:`url` is ``http://127.0.0.1:PORT``."""
+
+    def __init__(self, answer) -> None:
+        def respond(handler: BaseHTTPRequestHandler, method: str) -> None:
+            body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+            status, value = answer(method, handler.path, handler.headers, body)
+            data = json.dumps(value).encode()
+            handler.send_response(status)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                respond(self, "GET")
+
+            def do_POST(self) -> None:  # noqa: N802
+                respond(self, "POST")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        host, port = self.server.server_address[:2]
+        self.url = f"http://{host}:{port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> JSONServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join()

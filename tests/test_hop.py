@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from mmcross.model.alert import AlertBatch
 from mmcross.model.config import Config
 from mmcross.model.event import Event
 from mmcross.model.match import Match
-from tests.helpers import BAT, DEADLINE, GW_NOTICE, create_topics, make_match
+from tests.helpers import BAT, DEADLINE, GW_NOTICE, create_topics, make_match, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -54,14 +53,6 @@ def _read_back(url: str, n: int) -> list[tuple[object, object]]:
     return out
 
 
-def _wait(condition, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_hop_input_parses_a_real_lvk_notice_and_skips_tests_and_garbage(
         kafka_broker, shared_file) -> None:
     topic = f"igwn.gwalert.hop-{uuid.uuid4().hex[:8]}"
@@ -81,7 +72,7 @@ def test_hop_input_parses_a_real_lvk_notice_and_skips_tests_and_garbage(
     listener.start()
     try:
         assert arrived.wait(DEADLINE), "no event from the hop listener"
-        _wait(lambda: listener.stats["messages"] >= 2, "the garbage message")
+        wait_for(lambda: listener.stats["messages"] >= 2, "the garbage message")
     finally:
         listener.stop()
     direct = parse_notice(raw, topic="igwn.gwalert")
@@ -139,7 +130,7 @@ def test_listen_transports_take_notices_from_hop_and_publish_counterparts(
         assert transports.hop_sink in engine.sinks
         _publish(_url(kafka_broker, notices), [(Blob(shared_file(BAT).read_bytes()), False)])
         applied: list[Event] = []
-        _wait(lambda: transports.poll(lambda e: applied.append(e) or engine.on_notice(e)) > 0
+        wait_for(lambda: transports.poll(lambda e: applied.append(e) or engine.on_notice(e)) > 0
               or bool(applied), "the BAT notice through hop")
         assert [e.event_id for e in applied] == ["swift:1208389"]
         # One alert at the BAT position (RA 270.6441, Dec 24.4866 deg) 2 h after the burst.

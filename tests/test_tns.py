@@ -7,8 +7,6 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ from mmcross.catalogs import Store
 from mmcross.listeners import read_notice_file
 from mmcross.model.alert import AlertBatch
 from mmcross.model.config import Config
-from tests.helpers import BAT
+from tests.helpers import BAT, JSONServer
 
 EVENT = "swift:1208389"
 OBJECT = "313853923578413057"
@@ -104,7 +102,7 @@ def test_an_unmatched_alert_is_refused(stored, tmp_path) -> None:
 
 
 def test_send_refuses_placeholders_before_any_request(stored, tmp_path) -> None:
-    with tns_server([]) as server:
+    with TNSStandIn([]) as server:
         config = _config(tmp_path, server, reporting_group_id="")
         code = main(["tns-report", EVENT, str(stored["alert_ids"][1]), "--db", stored["url"],
                      "--out", str(tmp_path / "r.json"), "--band", "g", "--config", config,
@@ -126,7 +124,7 @@ def test_send_posts_the_form_as_tns_documents_and_polls_the_reply(
                    {"100": {"message": "Transient object was inserted.",
                             "objname": "2024abc", "message_id": 100}}]}}})]
     out = tmp_path / "r.json"
-    with tns_server(answers) as server:
+    with TNSStandIn(answers) as server:
         config = _config(tmp_path, server)
         assert main(["tns-report", EVENT, str(stored["alert_ids"][3]), "--db", stored["url"],
                      "--out", str(out), "--band", "i", "--config", config, "--send"]) == 0
@@ -146,7 +144,7 @@ def test_send_posts_the_form_as_tns_documents_and_polls_the_reply(
 
 def test_reply_polling_is_bounded() -> None:
     answers = [(404, {"id_code": 404, "id_message": "Unknown report"})] * 5
-    with tns_server(answers) as server:
+    with TNSStandIn(answers) as server:
         settings = _settings(server, reply_attempts=3)
         with pytest.raises(TNSError) as err:
             TNSClient(settings, sleep=lambda _s: None).reply("1")
@@ -156,7 +154,7 @@ def test_reply_polling_is_bounded() -> None:
 
 def test_a_refusal_carries_the_tns_code_and_message() -> None:
     answers = [(401, {"id_code": 401, "id_message": "Unauthorized", "data": {}})]
-    with tns_server(answers) as server, pytest.raises(TNSError) as err:
+    with TNSStandIn(answers) as server, pytest.raises(TNSError) as err:
         TNSClient(_settings(server)).send({"at_report": {}})
     assert err.value.status == 401 and "Unauthorized" in str(err.value)
 
@@ -168,74 +166,36 @@ def test_no_bot_credentials_no_client() -> None:
 
 # -- the stand-in TNS ----------------------------------------------------------------------
 
-class _TNS(ThreadingHTTPServer):
-    answers: list[tuple[int, dict]]
-    requests: list[dict]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _TNS
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        length = int(self.headers["Content-Length"])
-        body = self.rfile.read(length)
-        ctype = self.headers.get("Content-Type", "")
-        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            f"Content-Type: {ctype}\r\n\r\n".encode() + body)
-        fields = {part.get_param("name", header="content-disposition"):
-                  part.get_payload(decode=True).decode() for part in message.iter_parts()}
-        self.server.requests.append({"path": self.path, "fields": fields,
-                                     "user_agent": self.headers.get("User-Agent"),
-                                     "content_type": ctype})
-        status, answer = (self.server.answers.pop(0) if self.server.answers
-                          else (500, {"id_code": 500, "id_message": "no more answers"}))
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-class tns_server:  # noqa: N801 (used as a context manager, like a function)
-    """A local HTTP server answering ``answers`` in order; records every request."""
+class TNSStandIn(JSONServer):
+    """Answers ``answers`` in order (then HTTP 500); records every request's path, multipart
+    fields, User-Agent and Content-Type in :attr:`requests`."""
 
     def __init__(self, answers: list[tuple[int, dict]]) -> None:
-        self.server = _TNS(("127.0.0.1", 0), _Handler)
-        self.server.answers = list(answers)
-        self.server.requests = []
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.requests: list[dict] = []
+        left = list(answers)
 
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/api"
+        def answer(_method: str, path: str, headers, body: bytes) -> tuple[int, dict]:
+            ctype = headers.get("Content-Type", "")
+            message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                f"Content-Type: {ctype}\r\n\r\n".encode() + body)
+            fields = {part.get_param("name", header="content-disposition"):
+                      part.get_payload(decode=True).decode() for part in message.iter_parts()}
+            self.requests.append({"path": path, "fields": fields, "content_type": ctype,
+                                  "user_agent": headers.get("User-Agent")})
+            return left.pop(0) if left else (500, {"id_code": 500, "id_message": "no more"})
 
-    @property
-    def requests(self) -> list[dict]:
-        return self.server.requests
-
-    def __enter__(self) -> tns_server:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+        super().__init__(answer)
+        self.url += "/api"
 
 
-def _settings(server: tns_server, **kw) -> TNSSettings:
+def _settings(server: TNSStandIn, **kw) -> TNSSettings:
     values = dict(api_url=server.url, api_key=API_KEY, bot_id="12345", bot_name="mmcross_bot",
                   reply_interval=0.0, timeout=30.0)
     values.update(kw)
     return TNSSettings(**values)
 
 
-def _config(tmp_path: Path, server: tns_server, reporting_group_id: str = "999") -> str:
+def _config(tmp_path: Path, server: TNSStandIn, reporting_group_id: str = "999") -> str:
     path = tmp_path / "tns.toml"
     path.write_text(f'[tns]\napi_url = "{server.url}"\nreporting_group_id = '
                     f'"{reporting_group_id}"\nreporter = "A. Tester on behalf of mmcross"\n'

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from mmcross.listeners import read_notice_file
 from mmcross.model.alert import AlertBatch
 from mmcross.model.config import Config
 from mmcross.tom.api import MatchQuery, MMCrossAPI, MMCrossAPIError, alert_key, split_key
-from tests.helpers import BAT, DEADLINE, REPO
+from tests.helpers import BAT, DEADLINE, REPO, JSONServer
 
 EVENT = "swift:1208389"
 # Two Rubin objects at growing distances from the BAT position (RA 270.6441, Dec 24.4866 deg,
@@ -111,18 +110,18 @@ def test_keys_split_back() -> None:
 
 def test_records_without_the_documented_fields_are_refused() -> None:
     recorded = [{"event_id": EVENT, "alert_id": 1, "ra": 1.0, "dec": 2.0}]
-    with _answering(200, recorded) as url, pytest.raises(MMCrossAPIError, match="lacks"):
-        MMCrossAPI(url).matches(MatchQuery())
-    with _answering(500, {"detail": "boom"}) as url, pytest.raises(MMCrossAPIError) as err:
-        MMCrossAPI(url).events()
+    with _answering(200, recorded) as server, pytest.raises(MMCrossAPIError, match="lacks"):
+        MMCrossAPI(server.url).matches(MatchQuery())
+    with _answering(500, {"detail": "boom"}) as server, pytest.raises(MMCrossAPIError) as err:
+        MMCrossAPI(server.url).events()
     assert err.value.status == 500
 
 
 def test_an_unreachable_server_is_a_typed_error() -> None:
-    with _answering(200, []) as url:
+    with _answering(200, []) as server:
         pass  # closed again: nothing listens there now
     with pytest.raises(MMCrossAPIError, match="cannot reach"):
-        MMCrossAPI(url, timeout=5.0).events()
+        MMCrossAPI(server.url, timeout=5.0).events()
 
 
 # -- inside a real TOM -------------------------------------------------------------------
@@ -202,34 +201,6 @@ def test_a_tom_queries_mmcross_and_makes_a_target(served, tmp_path: Path) -> Non
     assert result["targets_in_db"] == 1
 
 
-# -- a recorded answer --------------------------------------------------------------------
-
-class _answering:  # noqa: N801 (a context manager used like a function)
-    """A local HTTP server answering every GET with ``status`` and ``body`` (JSON)."""
-
-    def __init__(self, status: int, body: object) -> None:
-        data = json.dumps(body).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+def _answering(status: int, body: object) -> JSONServer:
+    """A local server answering every request with ``status`` and ``body`` (recorded JSON)."""
+    return JSONServer(lambda *_request: (status, body))
