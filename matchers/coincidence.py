@@ -48,10 +48,15 @@ class ExternalSpec:
 
 @dataclass
 class Found:
-    """A coincidence (``revision`` 0: the engine numbers them) and its combined map."""
+    """A coincidence (``revision`` 0: the engine numbers them), its parents and their maps
+    (``None`` when a parent has none), from which :meth:`CoincidenceSearch.combined` builds
+    the combined localization."""
 
     record: Coincidence
-    combined: Localization | None
+    gw: Event
+    ext: Event
+    gw_map: raven.MocMap | None
+    ext_map: raven.MocMap | None
 
 
 @dataclass
@@ -195,18 +200,16 @@ class CoincidenceSearch:
         group = str(sig.get("group", "")).lower()
         gw_search = str(sig.get("search", "")).lower()
         temporal = self._temporal(gw_far, ext_far, spec, lo, hi)
-        gw_map = raven.MocMap(gw.localization.uniq, gw.localization.probdensity) \
-            if gw.localization is not None else None
+        gw_map = self._gw_map(gw)
         ext_map = self._external_map(ext)
         overlap = exact = spacetime = None
-        combined: Localization | None = None
         if gw_map is not None and ext_map is not None and spec.pipeline != "SNEWS":
             overlap = raven.overlap_moc_moc(gw_map, ext_map)
             exact = raven.overlap_exact(gw_map, ext_map)
             if temporal is not None:
                 spacetime = raven.spacetime_far(temporal, overlap)
-            if self.combined_map:
-                combined = self._combined(gw, ext, gw_map, ext_map)
+        else:
+            gw_map = ext_map = None
         trials = self.trials.get(group, {}).get(gw_search, 1.0)
         if spec.pipeline == "SNEWS":
             threshold = self.snews_threshold
@@ -236,13 +239,12 @@ class CoincidenceSearch:
             temporal_far=temporal, spacetime_far=spacetime, overlap=overlap,
             overlap_exact=exact, trials_factor=trials, weighted_far=weighted,
             far_threshold=threshold, publishable=bool(publishable),
-            combined_area90=combined.area(0.9) if combined is not None else None,
             lvk_temporal_far=_float(lvk.get("time_coincidence_far")) if same else None,
             lvk_spacetime_far=_float(lvk.get("time_sky_position_coincidence_far"))
             if same else None,
             lvk_time_difference=_float(lvk.get("time_difference")) if same else None,
             lvk_combined_area90=_float(lvk.get("combined_skymap_area90")) if same else None)
-        return Found(record, combined)
+        return Found(record, gw, ext, gw_map, ext_map)
 
     # ------------------------------------------------------------------ pieces
     def _temporal(self, gw_far: float | None, ext_far: float | None, spec: ExternalSpec,
@@ -259,6 +261,15 @@ class CoincidenceSearch:
                 far_grb_thresh=self.targeted.get("grb", {}).get(spec.pipeline))
         search = "GRB" if spec.search in ("FRB", "HEN") else spec.search
         return raven.temporal_far(gw_far, lo, hi, search, em_rate=self.rates.get(spec.search))
+
+    def _gw_map(self, gw: Event) -> raven.MocMap | None:
+        """The GW map as a :class:`~mmcross.matchers.raven.MocMap` (cached per revision)."""
+        key = (gw.event_id, gw.revision)
+        if key not in self._maps:
+            loc = gw.localization
+            self._maps[key] = (raven.MocMap(loc.uniq, loc.probdensity)
+                               if loc is not None else None)
+        return self._maps[key]
 
     def _external_map(self, ext: Event) -> raven.MocMap | None:
         """The external sky map: gwcelery's model of the notice's point + radius when it has
@@ -280,10 +291,14 @@ class CoincidenceSearch:
             self._maps[key] = m
         return self._maps[key]
 
-    @staticmethod
-    def _combined(gw: Event, ext: Event, gw_map: raven.MocMap,
-                  ext_map: raven.MocMap) -> Localization | None:
-        ref, density = raven.combined_density(gw_map, ext_map)
+    def combined(self, found: Found) -> Localization | None:
+        """The combined localization of a coincidence: the normalised product of the two
+        maps on their common refinement, with the GW distance layers (``None`` when a map is
+        missing, the maps do not overlap, or ``[coincidence] combined_map`` is off)."""
+        if not self.combined_map or found.gw_map is None or found.ext_map is None:
+            return None
+        gw, ext = found.gw, found.ext
+        ref, density = raven.combined_density(found.gw_map, found.ext_map)
         if not np.any(density > 0):
             return None
         loc = gw.localization

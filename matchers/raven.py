@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import astropy_healpix as ah
 import erfa
 import numpy as np
 from astropy import units as u
+from numba import njit
 from scipy.spatial import KDTree
 
 from mmcross.model.errors import ConfigError
@@ -119,23 +121,53 @@ def _unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
     return erfa.s2c(ra, dec)
 
 
-def _nearest_tree(ra: np.ndarray, dec: np.ndarray) -> KDTree:
-    """The KD-tree astropy's ``match_to_catalog_sky`` builds on a catalogue (radians), so that
-    ties between equidistant pixel centres are broken the same way as in ligo-raven."""
-    return KDTree(_unit_vectors(ra, dec), compact_nodes=False, balanced_tree=False)
+
+
+_AREA_SR = pixel_area_sr_of_order(np.arange(MAX_ORDER + 1))
 
 
 def _areas(uniq: np.ndarray) -> np.ndarray:
     order, _ = uniq_to_order_ipix(uniq)
-    return pixel_area_sr_of_order(order)
+    return _AREA_SR[order]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MocMap:
-    """A multi-order map: NUNIQ ids and probability density per sr (any normalisation)."""
+    """A multi-order map: NUNIQ ids and probability density per sr (any normalisation).
+
+    What the overlaps need of it (pixel areas, centres, KD-tree, sorted ranges) is computed
+    once per map, on first use."""
 
     uniq: np.ndarray
     density: np.ndarray
+
+    @cached_property
+    def areas(self) -> np.ndarray:
+        """Pixel areas, sr."""
+        return _areas(self.uniq)
+
+    @cached_property
+    def norm(self) -> float:
+        """Total probability sum(|density| * area) (dimensionless)."""
+        return float(np.sum(np.abs(self.density) * self.areas))
+
+    @cached_property
+    def centres(self) -> np.ndarray:
+        """Unit vectors (N, 3) of the pixel centres."""
+        return _unit_vectors(*pixel_centres(self.uniq))
+
+    @cached_property
+    def tree(self) -> KDTree:
+        """The KD-tree of the pixel centres, built as astropy's ``match_to_catalog_sky``
+        builds it, so that ties between equidistant centres break the same way."""
+        return KDTree(self.centres, compact_nodes=False, balanced_tree=False)
+
+    @cached_property
+    def ranges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(start, end) order-29 ranges sorted by start, and the pixel index of each."""
+        start, end = uniq_to_ranges29(self.uniq)
+        order = np.argsort(start, kind="stable")
+        return start[order], end[order], order
 
 
 def overlap_moc_moc(gw: MocMap, ext: MocMap) -> float:
@@ -145,24 +177,16 @@ def overlap_moc_moc(gw: MocMap, ext: MocMap) -> float:
     the density of the external pixel whose centre is nearest to its own centre, as
     ``ligo.raven.search.skymap_overlap_integral`` (``match_to_catalog_sky``) does.
     """
-    gw_density = np.abs(gw.density)
-    ext_density = np.abs(ext.density)
-    tree = _nearest_tree(*pixel_centres(ext.uniq))
-    _, nearest = tree.query(_unit_vectors(*pixel_centres(gw.uniq)))
-    areas = _areas(gw.uniq)
-    gw_norm = np.sum(gw_density * areas)
-    ext_norm = np.sum(ext_density * _areas(ext.uniq))
-    return float(np.sum(gw_density * areas * ext_density[nearest]) * FOUR_PI
-                 / gw_norm / ext_norm)
+    _, nearest = ext.tree.query(gw.centres)
+    return float(np.sum(np.abs(gw.density) * gw.areas * np.abs(ext.density)[nearest])
+                 * FOUR_PI / gw.norm / ext.norm)
 
 
 def overlap_moc_point(gw: MocMap, ra: float, dec: float) -> float:
     """RAVEN's overlap of a multi-order GW map with a point (degrees ICRS): ``4 pi p_gw / N_gw``
     at the GW pixel whose centre is nearest to the point (dimensionless)."""
-    density = np.abs(gw.density)
-    tree = _nearest_tree(*pixel_centres(gw.uniq))
-    _, k = tree.query(_unit_vectors(np.radians([ra]), np.radians([dec]))[0])
-    return float(density[k] * FOUR_PI / np.sum(density * _areas(gw.uniq)))
+    _, k = gw.tree.query(_unit_vectors(np.radians([ra]), np.radians([dec]))[0])
+    return float(abs(gw.density[k]) * FOUR_PI / gw.norm)
 
 
 def overlap_moc_flat(gw: MocMap, ext_prob: np.ndarray, *, nested: bool = True) -> float:
@@ -174,10 +198,9 @@ def overlap_moc_flat(gw: MocMap, ext_prob: np.ndarray, *, nested: bool = True) -
     ra, dec = pixel_centres(gw.uniq)
     k = ah.lonlat_to_healpix(ra * u.rad, dec * u.rad, nside,
                              order="nested" if nested else "ring")
-    areas = _areas(gw.uniq)
     ext_area = FOUR_PI / len(ext_prob)
-    return float(np.sum(density * areas * ext_prob[k] / ext_area) * FOUR_PI
-                 / np.sum(density * areas) / np.sum(ext_prob))
+    return float(np.sum(density * gw.areas * ext_prob[k] / ext_area) * FOUR_PI
+                 / gw.norm / np.sum(ext_prob))
 
 
 @dataclass(frozen=True)
@@ -194,38 +217,51 @@ class Refinement:
     second: np.ndarray
 
 
-def common_refinement(uniq1: np.ndarray, uniq2: np.ndarray) -> Refinement:
-    """Intersect two multi-order pixelisations (NUNIQ, nested pixels never partially overlap:
-    every covered segment between consecutive pixel boundaries is one HEALPix pixel)."""
-    parts = []
-    for uniq in (uniq1, uniq2):
-        start, end = uniq_to_ranges29(uniq)
-        order = np.argsort(start, kind="stable")
-        parts.append((start[order], end[order], order))
-    bounds = np.union1d(np.concatenate([parts[0][0], parts[0][1]]),
-                        np.concatenate([parts[1][0], parts[1][1]]))
-    lo, hi = bounds[:-1], bounds[1:]
-    keep = np.ones(len(lo), dtype=bool)
-    index = []
-    for start, end, order in parts:
-        k = np.searchsorted(start, lo, side="right") - 1
-        k0 = np.maximum(k, 0)
-        keep &= (k >= 0) & (lo < end[k0])
-        index.append(order[k0])
-    lo, hi = lo[keep], hi[keep]
-    depth = MAX_ORDER - (np.log2((hi - lo).astype(np.float64)).round().astype(np.int64) >> 1)
+def common_refinement(first: MocMap, second: MocMap) -> Refinement:
+    """Intersect two multi-order pixelisations. Nested pixels never partially overlap, so
+    every order-29 range covered by both maps is one pixel of one of them: the finer of the
+    two overlapping pixels."""
+    parts = (first.ranges, second.ranges)
+    lo, width, i1, i2 = _intersect_ranges(parts[0][0], parts[0][1], parts[1][0], parts[1][1])
+    depth = MAX_ORDER - (np.log2(width.astype(np.float64)).round().astype(np.int64) >> 1)
     uniq = order_ipix_to_uniq(depth, lo >> (2 * (MAX_ORDER - depth)))
-    return Refinement(uniq, index[0][keep], index[1][keep])
+    return Refinement(uniq, parts[0][2][i1], parts[1][2][i2])
+
+
+@njit(cache=True)
+def _intersect_ranges(s1: np.ndarray, e1: np.ndarray, s2: np.ndarray,
+                      e2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two-pointer sweep of two sorted lists of disjoint [start, end) ranges: (start, width,
+    index in list 1, index in list 2) of each non-empty intersection, in order."""
+    n = len(s1) + len(s2)
+    lo = np.empty(n, np.int64)
+    width = np.empty(n, np.int64)
+    i1 = np.empty(n, np.int64)
+    i2 = np.empty(n, np.int64)
+    i = j = k = 0
+    while i < len(s1) and j < len(s2):
+        a = max(s1[i], s2[j])
+        b = min(e1[i], e2[j])
+        if a < b:
+            lo[k] = a
+            width[k] = b - a
+            i1[k] = i
+            i2[k] = j
+            k += 1
+        if e1[i] <= e2[j]:
+            i += 1
+        else:
+            j += 1
+    return lo[:k], width[:k], i1[:k], i2[:k]
 
 
 def overlap_exact(first: MocMap, second: MocMap) -> float:
     """Exact overlap integral ``4 pi int p1 p2 dOmega / (N1 N2)`` of two multi-order maps,
     computed on their common refinement (dimensionless; 1 for two uniform maps)."""
-    ref = common_refinement(first.uniq, second.uniq)
+    ref = common_refinement(first, second)
     d1, d2 = np.abs(first.density), np.abs(second.density)
-    n1 = np.sum(d1 * _areas(first.uniq))
-    n2 = np.sum(d2 * _areas(second.uniq))
-    return float(np.sum(d1[ref.first] * d2[ref.second] * _areas(ref.uniq)) * FOUR_PI / n1 / n2)
+    return float(np.sum(d1[ref.first] * d2[ref.second] * _areas(ref.uniq)) * FOUR_PI
+                 / first.norm / second.norm)
 
 
 def combined_density(gw: MocMap, ext: MocMap) -> tuple[Refinement, np.ndarray]:
@@ -234,7 +270,7 @@ def combined_density(gw: MocMap, ext: MocMap) -> tuple[Refinement, np.ndarray]:
 
     Returns an all-zero density when the maps do not overlap.
     """
-    ref = common_refinement(gw.uniq, ext.uniq)
+    ref = common_refinement(gw, ext)
     density = gw.density[ref.first] * ext.density[ref.second]
     total = np.sum(density * _areas(ref.uniq))
     return ref, (density / total if total > 0 else density)

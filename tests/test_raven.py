@@ -173,7 +173,8 @@ def test_combined_map_is_gwcelerys_combine_skymaps_moc_moc(s230518h, gwcelery_sk
     mine = Localization(refinement.uniq, density, loc.distmu[refinement.first],
                         loc.distsigma[refinement.first], loc.distnorm[refinement.first])
     # Same function on the sphere: densities agree wherever both have pixels.
-    ref_at = raven.common_refinement(mine.uniq, ref_loc.uniq)
+    ref_at = raven.common_refinement(raven.MocMap(mine.uniq, mine.probdensity),
+                                     raven.MocMap(ref_loc.uniq, ref_loc.probdensity))
     np.testing.assert_allclose(mine.probdensity[ref_at.first],
                                ref_loc.probdensity[ref_at.second], rtol=RTOL, atol=1e-300)
     np.testing.assert_allclose(mine.distmu[ref_at.first], ref_loc.distmu[ref_at.second],

@@ -26,6 +26,7 @@ from mmcross.model.index import Change, SkyIndex
 from mmcross.model.match import Match
 
 if TYPE_CHECKING:
+    from mmcross.model.localization import Localization
     from mmcross.model.store import Store
 
 log = logging.getLogger(__name__)
@@ -225,10 +226,12 @@ class Engine:
                 reports += revoked
         for f in found:
             previous = self._coincidences.get(f.record.coincidence_id)
-            record = replace(f.record, revision=previous.revision + 1 if previous else 1)
+            combined = self.coincidences.combined(f)
+            record = replace(f.record, revision=previous.revision + 1 if previous else 1,
+                             combined_area90=combined.area(0.9) if combined else None)
             self._coincidences[record.coincidence_id] = record
             records.append(record)
-            reports += self._index_combined(record, f, event)
+            reports += self._index_combined(record, combined, event)
             log.info("coincidence %s revision %d: dt %.3f s, temporal FAR %s Hz, space-time "
                      "FAR %s Hz%s", record.coincidence_id, record.revision,
                      record.time_difference, record.temporal_far, record.spacetime_far,
@@ -239,9 +242,10 @@ class Engine:
                 sink.write_coincidences(records)
         return records, reports
 
-    def _index_combined(self, record: Coincidence, found: Found, cause: Event) -> list[Match]:
+    def _index_combined(self, record: Coincidence, combined: Localization | None,
+                        cause: Event) -> list[Match]:
         """Index (or replace, or retract when it vanished) the combined localization."""
-        if found.combined is None:
+        if combined is None:
             if record.coincidence_id in self.index:
                 return self._apply_notice(self._combined_retraction(record, cause)).reports
             return []
@@ -249,10 +253,10 @@ class Engine:
         newest = max(parents, key=lambda e: e.arrival_mjd_tai)
         gw = self.index.get(record.gw_event_id)
         assert gw is not None
-        combined = Event(
+        event = Event(
             event_id=record.coincidence_id, kind=EventKind.COINCIDENCE,
             instrument=f"{gw.instrument}+{record.ext_instrument}",
-            trigger_time=gw.trigger_time, localization=found.combined,
+            trigger_time=gw.trigger_time, localization=combined,
             notice_type="COINCIDENCE",
             notice_time=newest.notice_time if newest.notice_time is not None
             else newest.trigger_time,
@@ -262,7 +266,7 @@ class Engine:
                           "publishable": record.publishable},
             source=f"coincidence of {record.gw_event_id} r{record.gw_revision} and "
                    f"{record.ext_event_id} r{record.ext_revision}")
-        return self._apply_notice(combined).reports
+        return self._apply_notice(event).reports
 
     def _revoke_coincidence(self, record: Coincidence,
                             cause: Event) -> tuple[Coincidence, list[Match]]:
