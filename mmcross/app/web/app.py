@@ -22,9 +22,10 @@ from urllib.parse import quote, urlencode
 
 from astropy.time import Time
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
-from pydantic import AfterValidator, BaseModel
+from pydantic import BaseModel
 
 from mmcross.app.web.filters import FILTERS
 from mmcross.app.web.params import parse_time
@@ -78,7 +79,17 @@ def _time_query(what: str) -> Any:
     return Query(pattern=TIME_PATTERN, description=f"{what}: {_TIME_HELP}")
 
 
-TimeParam = Annotated[str | None, AfterValidator(lambda v: None if v is None else parse_time(v))]
+
+
+def _mjd(name: str, text: str | None) -> float | None:
+    """Query parameter ``name`` as MJD TAI (see :func:`parse_time`); a 422 if it is none."""
+    if text is None:
+        return None
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", name),
+                                       "msg": str(exc), "input": text}]) from exc
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut,
                                                     "description": "unknown event"}}
 PAGE_NOT_FOUND: dict[int | str, dict[str, Any]] = {
@@ -216,11 +227,12 @@ def create_app(store_url: str, config: Config) -> FastAPI:
             kind: Annotated[str | None, Query(description="gw, grb, neutrino...")] = None,
             instrument: Annotated[str | None, Query(description="e.g. LVK, Fermi-GBM")] = None,
             status: EventStatus | None = None,
-            since: Annotated[TimeParam, _time_query("trigger time >= this")] = None,
-            until: Annotated[TimeParam, _time_query("trigger time <= this")] = None,
+            since: Annotated[str | None, _time_query("trigger time >= this")] = None,
+            until: Annotated[str | None, _time_query("trigger time <= this")] = None,
             limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100) -> list[EventOut]:
         rows = catalog.events(EventFilter(kind=kind, instrument=instrument, status=status,
-                                          since=since, until=until, limit=limit))
+                                          since=_mjd("since", since),
+                                          until=_mjd("until", until), limit=limit))
         return [EventOut.of(e) for e in rows]
 
     @app.get("/api/events/{event_id}", response_model=EventDetailOut, responses=NOT_FOUND,
@@ -239,14 +251,15 @@ def create_app(store_url: str, config: Config) -> FastAPI:
             instrument: Annotated[str | None, Query(description="event instrument")] = None,
             max_credible_level: Annotated[float | None, Query(ge=0, le=1)] = None,
             max_p_chance: Annotated[float | None, Query(ge=0, le=1)] = None,
-            since: Annotated[TimeParam, _time_query("alert time >= this")] = None,
-            until: Annotated[TimeParam, _time_query("alert time <= this")] = None,
+            since: Annotated[str | None, _time_query("alert time >= this")] = None,
+            until: Annotated[str | None, _time_query("alert time <= this")] = None,
             include_revoked: bool = False,
             limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 1000) -> list[MatchOut]:
         rows = catalog.matches(MatchFilter(
             event_id=event_id, kind=kind, instrument=instrument,
-            max_credible_level=max_credible_level, max_p_chance=max_p_chance, since=since,
-            until=until, include_revoked=include_revoked, limit=limit))
+            max_credible_level=max_credible_level, max_p_chance=max_p_chance,
+            since=_mjd("since", since), until=_mjd("until", until),
+            include_revoked=include_revoked, limit=limit))
         return [MatchOut.of(m, settings.link(m.object_id)) for m in rows]
 
     return app
