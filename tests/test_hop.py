@@ -5,6 +5,10 @@ published, field by field; then both run through the service's transports."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -19,15 +23,24 @@ from hop.models import Blob
 from mmcross.app.engine import Engine
 from mmcross.app.transports import Transports
 from mmcross.brokers.hop import HopPublishSettings, HopReportSink
-from mmcross.listeners import parse_notice
-from mmcross.listeners.hop import HopListener, HopListenSettings
+from mmcross.listeners import parse_notice, read_notice_file
+from mmcross.listeners.hop import HopListener, HopListenSettings, hop_auth
 from mmcross.model.alert import AlertBatch
-from mmcross.model.config import Config
+from mmcross.model.config import Config, notice_options
+from mmcross.model.errors import ConfigError
 from mmcross.model.event import Event
 from mmcross.model.match import Match
-from tests.helpers import BAT, DEADLINE, GW_NOTICE, create_topics, make_match, wait_for
-
-pytestmark = pytest.mark.kafka
+from tests.helpers import (
+    BAT,
+    DEADLINE,
+    GW_NOTICE,
+    REPO,
+    create_topics,
+    make_match,
+    offline_matches,
+    sim_night,
+    wait_for,
+)
 
 
 def _url(bootstrap: str, topic: str) -> str:
@@ -53,6 +66,7 @@ def _read_back(url: str, n: int) -> list[tuple[object, object]]:
     return out
 
 
+@pytest.mark.kafka
 def test_hop_input_parses_a_real_lvk_notice_and_skips_tests_and_garbage(
         kafka_broker, shared_file) -> None:
     topic = f"igwn.gwalert.hop-{uuid.uuid4().hex[:8]}"
@@ -87,6 +101,7 @@ def test_hop_input_parses_a_real_lvk_notice_and_skips_tests_and_garbage(
     assert listener.stats["messages"] == 2 and listener.stats["bad_notices"] == 1
 
 
+@pytest.mark.kafka
 def test_hop_output_records_read_back_by_hop_field_by_field(kafka_broker) -> None:
     topic = f"mmcross.counterparts.hop-{uuid.uuid4().hex[:8]}"
     create_topics(kafka_broker, [topic], partitions=1)
@@ -113,6 +128,7 @@ def test_hop_output_records_read_back_by_hop_field_by_field(kafka_broker) -> Non
         assert headers["_format"] == b"json"
 
 
+@pytest.mark.kafka
 def test_listen_transports_take_notices_from_hop_and_publish_counterparts(
         kafka_broker, shared_file, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:8]
@@ -146,3 +162,78 @@ def test_listen_transports_take_notices_from_hop_and_publish_counterparts(
     (message, meta), = _read_back(_url(kafka_broker, out), 1)
     assert Match(**message.content) == found[0]
     assert meta.key == b"swift:1208389|42"
+
+
+
+@pytest.mark.kafka
+def test_mmcross_listen_reads_hop_notices_and_publishes_counterparts_to_hop(
+        kafka_broker, shared_file, tmp_path: Path) -> None:
+    """The command itself, in embedded mode: a notice from Hopskotch, alerts from the spool,
+    every counterpart of the offline engine on the Hopskotch topic once."""
+    tag = uuid.uuid4().hex[:8]
+    notices, out = f"gcn.classic.voevent.SWIFT_BAT_GRB_POS_ACK.cli-{tag}", f"mmcross.cli-{tag}"
+    create_topics(kafka_broker, [notices, out], partitions=1)
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(
+        "[localization]\ncredible_level_tolerance = 1e-2\n[spool]\nsettle = 0.2\n"
+        "poll_interval = 0.1\n"
+        f'[hop.listen]\nurls = ["{_url(kafka_broker, notices)}"]\nstart_at = "earliest"\n'
+        f'[hop.publish]\nurl = "{_url(kafka_broker, out)}"\n')
+    config = Config.load(cfg)
+    bat = read_notice_file(shared_file(BAT), **notice_options(config))
+    t0 = bat.trigger_mjd_tai
+    night = sim_night(300, t0 - 0.002, 0.1, bat.localization, 4, t0, t0 + 0.1, 31 * 10**6, 7)
+    expected = offline_matches(config, [bat, list(night.messages())])
+    assert len(expected) >= 4
+    spool = tmp_path / "spool"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
+    log_path = tmp_path / "listen.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mmcross", "listen", "--config",
+                                 str(cfg), "--spool", str(spool), "--db",
+                                 f"sqlite:///{tmp_path / 'live.sqlite'}"], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=log)
+    try:
+        _publish(_url(kafka_broker, notices), [(Blob(shared_file(BAT).read_bytes()), False)])
+        wires = tmp_path / "night.wires"
+        night.write_wire_stream(wires)
+        (spool / "in").mkdir(parents=True, exist_ok=True)
+        os.replace(wires, spool / "in" / "night.wires")
+        published: dict[str, tuple] = {}
+
+        def all_published() -> bool:
+            published.update({meta.key.decode(): (message, meta) for message, meta in
+                              _read_back(_url(kafka_broker, out), len(expected) + 1)})
+            return set(published) >= set(expected)
+
+        wait_for(all_published, "the counterparts on the hop topic")
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=DEADLINE)
+        assert proc.returncode == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(DEADLINE)
+    assert set(published) == set(expected)
+    for key, (message, _meta) in published.items():
+        got, want = Match(**message.content), expected[key]
+        assert (got.event_id, got.alert_id, got.object_id) == (want.event_id, want.alert_id,
+                                                               want.object_id)
+        assert (got.ra, got.dec) == (want.ra, want.dec)
+        assert got.credible_level == pytest.approx(want.credible_level, abs=1e-9)
+        assert not got.retracted
+
+
+def test_hop_auth_is_a_hop_auth_file_or_none(tmp_path: Path) -> None:
+    assert hop_auth("") is False
+    path = tmp_path / "auth.toml"
+    path.write_text('[[auth]]\nusername = "mmcross-bot"\npassword = "not-a-secret"\n'
+                    'hostname = "kafka.scimma.org"\n')
+    path.chmod(0o600)
+    (credential,) = hop_auth(str(path))
+    assert (credential.username, credential.hostname) == ("mmcross-bot", "kafka.scimma.org")
+    path.chmod(0o644)  # hop refuses credentials others can read
+    with pytest.raises(ConfigError, match="unsafe permissions"):
+        hop_auth(str(path))
+    with pytest.raises(ConfigError, match="missing.toml"):
+        hop_auth(str(tmp_path / "missing.toml"))
