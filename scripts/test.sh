@@ -21,6 +21,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Headless Chromium for the browser tests (tests marked browser): Debian's package, driven by
+# playwright, which never downloads a browser of its own. Installed once.
+if ! command -v chromium >/dev/null 2>&1; then
+    apt-get update >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >&2
+fi
+
 pg_env=$(bash scripts/postgres_local.sh start "$state/postgres")
 eval "$pg_env"
 export MMCROSS_TEST_POSTGRES_URL
