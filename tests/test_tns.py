@@ -7,6 +7,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from astropy.time import Time
 
 from mmcross.app.cli import main
 from mmcross.app.engine import Engine
-from mmcross.brokers.tns import TNSClient, TNSError, TNSSettings
+from mmcross.brokers.tns import TNSClient, TNSError, TNSSettings, build_at_report
 from mmcross.catalogs import Store
 from mmcross.listeners import read_notice_file
 from mmcross.model.alert import AlertBatch
@@ -157,6 +158,14 @@ def test_a_refusal_carries_the_tns_code_and_message() -> None:
     with TNSStandIn(answers) as server, pytest.raises(TNSError) as err:
         TNSClient(_settings(server)).send({"at_report": {}})
     assert err.value.status == 401 and "Unauthorized" in str(err.value)
+
+
+def test_a_revoked_match_is_no_counterpart(stored) -> None:
+    match = replace(stored["matches"][stored["alert_ids"][1]], retracted=True)
+    batch = AlertBatch(np.array([match.alert_id]), np.array([OBJECT], object),
+                       np.array([match.ra]), np.array([match.dec]), np.array([60322.8]))
+    with pytest.raises(TNSError, match="revoked"):
+        build_at_report(None, match, batch, TNSSettings())
 
 
 def test_no_bot_credentials_no_client() -> None:

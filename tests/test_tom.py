@@ -102,6 +102,12 @@ def test_one_counterpart_by_its_key(served) -> None:
     assert err.value.status == 404
 
 
+def test_the_events_are_listed(served) -> None:
+    events = MMCrossAPI(served["url"]).events()
+    assert [e["event_id"] for e in events] == [EVENT]
+    assert events[0]["matches"] == len(served["matches"])
+
+
 def test_keys_split_back() -> None:
     assert split_key("lvk:S230518h|7912941781254298") == ("lvk:S230518h", 7912941781254298)
     with pytest.raises(MMCrossAPIError):
@@ -141,8 +147,9 @@ query = form.save()
 alerts, feedback = broker.fetch_alerts(query.parameters)
 generic = [broker.to_generic_alert(a) for a in alerts]
 target = broker.to_target(broker.fetch_alert(generic[0].id))
+_none, unknown = broker.fetch_alerts({"event_id": "lvk:S000000xx"})
 print("RESULT " + json.dumps({
-    "feedback": feedback,
+    "feedback": feedback, "unknown_feedback": unknown,
     "alerts": [{"id": g.id, "name": g.name, "ra": g.ra, "dec": g.dec, "score": g.score,
                 "url": g.url} for g in generic],
     "target": {"id": generic[0].id, "name": target.name, "ra": target.ra, "dec": target.dec,
@@ -187,6 +194,7 @@ def test_a_tom_queries_mmcross_and_makes_a_target(served, tmp_path: Path) -> Non
     result = json.loads(next(line for line in printed.splitlines()
                              if line.startswith("RESULT "))[len("RESULT "):])
     assert result["feedback"] == ""
+    assert result["unknown_feedback"] == "mmcross knows no event lvk:S000000xx"
     stored = {alert_key(m): m for m in served["matches"]}
     assert sorted(a["id"] for a in result["alerts"]) == sorted(stored)
     for alert in result["alerts"]:

@@ -67,12 +67,17 @@ class MMCrossBroker(GenericBroker):
 
     def fetch_alerts(self, parameters: dict[str, Any]) -> tuple[Iterator[dict[str, Any]], str]:
         """The counterparts the form's ``parameters`` select, newest first, and a feedback
-        line (the reason when mmcross cannot be read)."""
+        line: empty, or why there is nothing (mmcross unreachable, an event it does not
+        know, from ``/api/events``)."""
         query = MatchQuery(event_id=(parameters.get("event_id") or "").strip(),
                            max_credible_level=parameters.get("max_credible_level"),
                            max_p_chance=parameters.get("max_p_chance"))
+        api = _api()
         try:
-            records = _api().matches(query)
+            records = api.matches(query)
+            if query.event_id and not records and query.event_id not in {
+                    e.get("event_id") for e in api.events()}:
+                return iter([]), f"mmcross knows no event {query.event_id}"
         except MMCrossAPIError as exc:
             return iter([]), f"mmcross: {exc}"
         return iter(records), ""
