@@ -7,7 +7,8 @@ the Kafka key ``event_id|alert_id`` and the header ``mmcross-kind`` = ``counterp
 ``retraction``. The URL is hop's ``kafka://[user@]host[:port]/topic``; credentials come from a
 ``hop auth`` TOML file, or none. :meth:`HopReportSink.write` returns once hop has flushed the
 batch; a report hop could not deliver is logged with its key and counted (``stats["failed"]``):
-Hopskotch is a courtesy copy beside the store and the report topic, and never stops matching.
+Hopskotch is a copy beside the store and the report topic, outside their transactions, and never
+stops matching; after a crash a report may be published again (same key).
 """
 
 from __future__ import annotations
