@@ -153,11 +153,12 @@ def test_reply_polling_is_bounded() -> None:
     assert len(server.requests) == 3
 
 
-def test_a_refusal_carries_the_tns_code_and_message() -> None:
-    answers = [(401, {"id_code": 401, "id_message": "Unauthorized", "data": {}})]
-    with TNSStandIn(answers) as server, pytest.raises(TNSError) as err:
-        TNSClient(_settings(server)).send({"at_report": {}})
-    assert err.value.status == 401 and "Unauthorized" in str(err.value)
+def test_a_wrong_key_or_bot_is_refused_with_the_tns_code_and_message() -> None:
+    for wrong in ({"api_key": "0" * 40}, {"bot_name": "someone_else"}, {"bot_id": "54321"}):
+        with TNSStandIn([(200, {"id_code": 200, "data": {"report_id": "1"}})]) as server, \
+                pytest.raises(TNSError) as err:
+            TNSClient(_settings(server, **wrong)).send({"at_report": {}})
+        assert err.value.status == 401 and "Unauthorized" in str(err.value)
 
 
 def test_a_revoked_match_is_no_counterpart(stored) -> None:
@@ -176,8 +177,9 @@ def test_no_bot_credentials_no_client() -> None:
 # -- the stand-in TNS ----------------------------------------------------------------------
 
 class TNSStandIn(JSONServer):
-    """Answers ``answers`` in order (then HTTP 500); records every request's path, multipart
-    fields, User-Agent and Content-Type in :attr:`requests`."""
+    """Like TNS: 401 "Unauthorized" unless the bot's User-Agent is :data:`MARKER` and the
+    form's ``api_key`` is :data:`API_KEY`; else ``answers`` in order (then HTTP 500). Records
+    every request's path, multipart fields, User-Agent and Content-Type in :attr:`requests`."""
 
     def __init__(self, answers: list[tuple[int, dict]]) -> None:
         self.requests: list[dict] = []
@@ -191,6 +193,8 @@ class TNSStandIn(JSONServer):
                       part.get_payload(decode=True).decode() for part in message.iter_parts()}
             self.requests.append({"path": path, "fields": fields, "content_type": ctype,
                                   "user_agent": headers.get("User-Agent")})
+            if headers.get("User-Agent") != MARKER or fields.get("api_key") != API_KEY:
+                return 401, {"id_code": 401, "id_message": "Unauthorized", "data": {}}
             return left.pop(0) if left else (500, {"id_code": 500, "id_message": "no more"})
 
         super().__init__(answer)
