@@ -90,13 +90,15 @@ class FrameDecoder:
 
     Feed it whatever the socket gave (any split across TCP segments); it returns the frames
     completed so far. It holds at most one partial frame plus one read, never the announced
-    length of a refused prefix.
+    length of a refused prefix. Frames completed before a refused prefix in the same read are
+    still returned; the refusal is then raised by the next :meth:`feed` or :meth:`check`.
     """
 
     def __init__(self, max_bytes: int = MAX_FRAME_BYTES, peer: str = "") -> None:
         self.max_bytes, self.peer = max_bytes, peer
         self._buf = bytearray()
         self._need: int | None = None  # payload length of the current frame, once known
+        self._error: FrameTooLargeError | None = None  # a refused prefix, raised next
 
     @property
     def partial(self) -> bool:
@@ -107,8 +109,10 @@ class FrameDecoder:
         """Append ``data``; the payloads completed by it, in order.
 
         Raises:
-            FrameTooLargeError: a length prefix above ``max_bytes``.
+            FrameTooLargeError: a length prefix above ``max_bytes`` (in this read, when it
+                completed no frame before it, or in an earlier one).
         """
+        self.check()
         self._buf += data
         out: list[bytes] = []
         while True:
@@ -118,7 +122,10 @@ class FrameDecoder:
                 (length,) = LENGTH.unpack_from(self._buf)
                 if length > self.max_bytes:
                     self._buf.clear()
-                    raise FrameTooLargeError(self.peer, length, self.max_bytes)
+                    self._error = FrameTooLargeError(self.peer, length, self.max_bytes)
+                    if out:
+                        return out
+                    self.check()
                 del self._buf[:LENGTH.size]
                 self._need = length
             if len(self._buf) < self._need:
@@ -126,6 +133,15 @@ class FrameDecoder:
             out.append(bytes(self._buf[:self._need]))
             del self._buf[:self._need]
             self._need = None
+
+    def check(self) -> None:
+        """Raise the refusal of a length prefix met by an earlier :meth:`feed`, if any.
+
+        Raises:
+            FrameTooLargeError: such a prefix was met; the decoder stays failed.
+        """
+        if self._error is not None:
+            raise self._error
 
 
 class FramedSocket:
@@ -161,6 +177,7 @@ class FramedSocket:
         """
         last_rx = time.monotonic()
         while not self._ready:
+            self.decoder.check()
             if self.stop is not None and self.stop.is_set():
                 raise ConnectionClosedError(self.peer, "stopped", self.decoder.partial)
             try:

@@ -325,6 +325,7 @@ class Broadcaster(Generic[T]):
                     if refusal:
                         await self._drop(sub, refusal)
                         return
+                sub.decoder.check()
         except FrameTooLargeError as exc:
             await self._drop(sub, "oversized_reply", f"{exc.length} bytes")
         except (ConnectionError, OSError) as exc:
