@@ -212,8 +212,8 @@ class Catalog:
         except StoreError as exc:
             raise StoreError(
                 f"cannot open the store at {self.url} for reading: {exc} (a store written by an "
-                "older mmcross gets its new tables once opened for writing, e.g. by `mmcross "
-                "events --db URL`)") from exc
+                "older mmcross gets its new tables and columns once opened for writing, e.g. by "
+                "`mmcross events --db URL`)") from exc
         self._sky: dict[tuple[str, int], SkySummary | None] = {}
         self._sky_lock = threading.Lock()
 
@@ -333,7 +333,11 @@ class Catalog:
         key = (event_id, revision)
         if key in self._sky:
             return self._sky[key]
-        event = self.store.load_event(event_id, with_localization=True)
+        try:
+            event = self.store.load_event(event_id, with_localization=True)
+        except StoreError as exc:  # an unreadable map: the event is listed without it
+            log.warning("no sky summary for %s: %s", event_id, exc)
+            event = None
         summary = None
         if event is not None and event.localization is not None:
             loc = event.localization
