@@ -8,10 +8,12 @@ into the one before it while that one is less than twice its size, so there are
 ``O(log n)`` runs and every alert is merged ``O(log n)`` times).
 
 Per alert, 45 bytes: the NESTED index (int64), MJD TAI (float64), alert id (int64), object
-id (int64 when it is decimal text, as Rubin's ``diaObjectId``), the position as float32
-offsets from the pixel centre (bit-exact: an alert whose offsets would not give back its
-float64 RA/Dec, near a pole or RA 0, keeps them in a side table), the AB magnitude
-(float32) and ``is_new``. Non-decimal object ids (ZTF ``objectId``) also go to a side table.
+id (int64 when it is decimal text, as Rubin's ``diaObjectId``), RA and Dec each as the int32
+difference between its float64 bit pattern and that of the pixel centre's (the number of
+float64 steps between them: bit-exact; the few alerts where it does not fit in 32 bits,
+within about 0.25 deg of Dec 0 or RA 0 or 0.1 deg of a pole, keep their position in a side
+table), the AB magnitude (float32) and ``is_new``. Non-decimal object ids (ZTF
+``objectId``) also go to a side table.
 
 Alerts older than the newest alert time minus the horizon are never returned; they are
 released when at least a quarter of their run has expired (by time span) or the run has
@@ -23,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import healpy as hp
+import numba
 import numpy as np
 
 from mmcross.model.alert import AlertBatch
@@ -31,6 +34,7 @@ ORDER = 29
 NSIDE = 1 << ORDER
 #: ``object_key`` of an alert without object id (``""``) and of a non-decimal one.
 NO_OBJECT, TEXT_OBJECT = -1, -2
+_POW10 = 10 ** np.arange(19, dtype=np.int64)  # 1 .. 1e18: the digit count of an int64
 
 
 def pixels29(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
@@ -42,11 +46,99 @@ def pixels29(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
                       np.int64)
 
 
+_JRLL = np.array([2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4], np.int64)
+_JPLL = np.array([1, 3, 5, 7, 0, 2, 4, 6, 1, 3, 5, 7], np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _compress_bits(v):
+    """Every other bit of ``v`` (bits 0, 2, 4, ...) packed together."""
+    v &= 0x5555555555555555
+    v = (v | (v >> 1)) & 0x3333333333333333
+    v = (v | (v >> 2)) & 0x0F0F0F0F0F0F0F0F
+    v = (v | (v >> 4)) & 0x00FF00FF00FF00FF
+    v = (v | (v >> 8)) & 0x0000FFFF0000FFFF
+    return (v | (v >> 16)) & 0x00000000FFFFFFFF
+
+
+@numba.njit(cache=True, nogil=True)
+def _centres_kernel(pix, jrll, jpll, ra, dec):
+    """Centres of order-29 NESTED pixels, degrees (Gorski et al. 2005, ``pix2ang_nest``)."""
+    nside = np.int64(1) << ORDER
+    npface = nside * nside
+    fact2 = 4.0 / (12.0 * npface)
+    fact1 = 2.0 * nside * fact2
+    nl4 = 4 * nside
+    for i in range(pix.shape[0]):
+        p = pix[i]
+        face = p >> (2 * ORDER)
+        ipf = p & (npface - 1)
+        ix = _compress_bits(ipf)
+        iy = _compress_bits(ipf >> 1)
+        jr = jrll[face] * nside - (ix + iy) - 1
+        if jr < nside:
+            nr = jr
+            z = 1.0 - nr * nr * fact2
+            kshift = 0
+        elif jr > 3 * nside:
+            nr = nl4 - jr
+            z = nr * nr * fact2 - 1.0
+            kshift = 0
+        else:
+            nr = nside
+            z = (2 * nside - jr) * fact1
+            kshift = (jr - nside) & 1
+        jp = (jpll[face] * nr + (ix - iy) + 1 + kshift) // 2
+        if jp > nl4:
+            jp -= nl4
+        if jp < 1:
+            jp += nl4
+        ra[i] = np.degrees((jp - (kshift + 1) * 0.5) * (0.5 * np.pi / nr))
+        dec[i] = np.degrees(np.arcsin(z))
+
+
+FAR = np.iinfo(np.int32).min  #: ``dra`` of an alert whose position is in the side table
+
+
+def _bit_offsets(x: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` (float64) as int32 differences of IEEE-754 bit patterns from ``ref``: adding the
+    offset to ``ref``'s bits gives ``x`` back exactly. Also where it does not fit (far)."""
+    d = x.view(np.int64) - ref.view(np.int64)
+    far = (d <= FAR) | (d > np.iinfo(np.int32).max)
+    return np.where(far, 0, d).astype(np.int32), far
+
+
 def _centres(pix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if len(pix) == 0:
-        return np.empty(0), np.empty(0)
-    ra, dec = hp.pix2ang(NSIDE, pix, nest=True, lonlat=True)
-    return np.asarray(ra, np.float64), np.asarray(dec, np.float64)
+    """Reference positions (degrees) of order-29 pixels for the position offsets: the pixel
+    centres, to float64 rounding (any deterministic function of the index would do)."""
+    ra = np.empty(len(pix))
+    dec = np.empty(len(pix))
+    _centres_kernel(np.asarray(pix, np.int64), _JRLL, _JPLL, ra, dec)
+    return ra, dec
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_order(a, b):
+    """Positions into ``concatenate([a, b])`` (both sorted) giving it sorted, stable."""
+    out = np.empty(a.shape[0] + b.shape[0], np.int64)
+    i = j = k = 0
+    while i < a.shape[0] and j < b.shape[0]:
+        if b[j] < a[i]:
+            out[k] = a.shape[0] + j
+            j += 1
+        else:
+            out[k] = i
+            i += 1
+        k += 1
+    while i < a.shape[0]:
+        out[k] = i
+        i += 1
+        k += 1
+    while j < b.shape[0]:
+        out[k] = a.shape[0] + j
+        j += 1
+        k += 1
+    return out
 
 
 @dataclass
@@ -83,8 +175,7 @@ class SortedRun:
     @staticmethod
     def merge(a: SortedRun, b: SortedRun) -> SortedRun:
         """One run holding both (stable: ``a`` first among equal indices)."""
-        pix = np.concatenate([a.pix, b.pix])
-        order = np.argsort(pix, kind="stable")  # two sorted runs: a linear merge
+        order = _merge_order(a.pix, b.pix)
         cols = {c: np.concatenate([getattr(a, c), getattr(b, c)])[order]
                 for c in SortedRun.COLUMNS}
         return SortedRun(**cols, tmin=min(a.tmin, b.tmin), tmax=max(a.tmax, b.tmax))
@@ -131,18 +222,25 @@ class AlertHistory:
 
     def _object_keys(self, batch: AlertBatch) -> np.ndarray:
         """int64 object ids (:data:`NO_OBJECT`, :data:`TEXT_OBJECT` kept aside)."""
-        ids = batch.object_id
-        keys = np.full(len(ids), NO_OBJECT, np.int64)
-        some = np.flatnonzero(ids != "")
+        ids = batch.object_id.tolist()
+        n = len(ids)
         try:
-            keys[some] = ids[some].astype(np.int64)
-        except (ValueError, TypeError, OverflowError):  # not all decimal: one by one
-            keys[some] = [int(s) if s.isdecimal() and len(s) < 19 else TEXT_OBJECT
-                          for s in ids[some].tolist()]
-        exact = np.array(list(map(str, keys[some].tolist())), dtype=object) == ids[some]
-        keys[some[~exact | (keys[some] < 0)]] = TEXT_OBJECT
-        for i in np.flatnonzero(keys == TEXT_OBJECT).tolist():
-            self._objects[int(batch.alert_id[i])] = str(ids[i])
+            keys = np.fromiter(map(int, ids), np.int64, n)
+            # canonical decimal text only: as many characters as digits, no sign
+            lengths = np.fromiter(map(len, ids), np.int64, n)
+            canonical = (keys >= 0) & (lengths == np.searchsorted(_POW10, keys, "right")) & (
+                np.fromiter(map(str.isascii, ids), bool, n))
+        except (ValueError, TypeError, OverflowError):  # text ids: one by one
+            keys = np.array([int(s) if s.isascii() and s.isdecimal() and len(s) < 19
+                             and (s == "0" or s[0] != "0") else TEXT_OBJECT for s in ids],
+                            np.int64)
+            canonical = keys >= 0
+        keys[~canonical] = TEXT_OBJECT
+        for i in np.flatnonzero(~canonical).tolist():
+            if ids[i] == "":
+                keys[i] = NO_OBJECT
+            else:
+                self._objects[int(batch.alert_id[i])] = str(ids[i])
         return keys
 
     def add(self, batch: AlertBatch) -> None:
@@ -151,12 +249,12 @@ class AlertHistory:
             return
         pix = pixels29(batch.ra, batch.dec)
         ra_c, dec_c = _centres(pix)
-        dra = (batch.ra - ra_c).astype(np.float32)
-        ddec = (batch.dec - dec_c).astype(np.float32)
-        inexact = (ra_c + dra.astype(np.float64) != batch.ra) | (
-            dec_c + ddec.astype(np.float64) != batch.dec)
-        for i in np.flatnonzero(inexact).tolist():
+        dra, far_ra = _bit_offsets(batch.ra, ra_c)
+        ddec, far_dec = _bit_offsets(batch.dec, dec_c)
+        far = far_ra | far_dec
+        for i in np.flatnonzero(far).tolist():
             self._positions[int(batch.alert_id[i])] = (float(batch.ra[i]), float(batch.dec[i]))
+        dra[far] = FAR  # the position is in the side table
         order = np.argsort(pix, kind="stable")
         run = SortedRun(pix[order], batch.mjd_tai[order], batch.alert_id[order],
                         self._object_keys(batch)[order], dra[order], ddec[order],
@@ -205,17 +303,17 @@ class AlertHistory:
         no packets), in the order given."""
         pix = run.pix[rows]
         ra_c, dec_c = _centres(pix)
-        ra = ra_c + run.dra[rows].astype(np.float64)
-        dec = dec_c + run.ddec[rows].astype(np.float64)
+        dra = run.dra[rows]
+        ra = (ra_c.view(np.int64) + dra).view(np.float64)
+        dec = (dec_c.view(np.int64) + run.ddec[rows]).view(np.float64)
         alert_id = run.alert_id[rows]
-        if self._positions:
-            for i, a in enumerate(alert_id.tolist()):
-                if a in self._positions:
-                    ra[i], dec[i] = self._positions[a]
+        for i in np.flatnonzero(dra == FAR).tolist():
+            ra[i], dec[i] = self._positions[int(alert_id[i])]
         keys = run.object_key[rows]
-        object_id = np.array([str(k) if k >= 0 else "" if k == NO_OBJECT else
-                              self._objects.get(a, "") for k, a in
-                              zip(keys.tolist(), alert_id.tolist(), strict=True)], dtype=object)
+        object_id = np.array(list(map(str, keys.tolist())), dtype=object)
+        object_id[keys == NO_OBJECT] = ""
+        for i in np.flatnonzero(keys == TEXT_OBJECT).tolist():
+            object_id[i] = self._objects[int(alert_id[i])]
         mag = run.mag[rows].astype(np.float64)
         return AlertBatch(alert_id, object_id, ra, dec,
                           run.mjd_tai[rows], is_new=run.is_new[rows], mag=mag)
