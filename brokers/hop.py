@@ -34,18 +34,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class HopPublishSettings:
-    """``[hop.publish]``: the hop URL (one topic), the auth file, the delivery wait (s)."""
+    """``[hop.publish]``: the hop URL (one topic), the auth file, the delivery wait (s) per
+    batch (the longest a stalled Hopskotch delays the service loop per batch of reports)."""
 
     url: str = ""
     auth: str = ""
-    timeout: float = 30.0
+    timeout: float = 10.0
 
     @classmethod
     def from_config(cls, config: Config) -> HopPublishSettings:
         section = config.get("hop.publish", {}) or {}
         return cls(url=str(section.get("url", "") or ""),
                    auth=str(section.get("auth", config.get("hop.auth", "")) or ""),
-                   timeout=float(section.get("timeout", 30.0)))
+                   timeout=float(section.get("timeout", 10.0)))
 
 
 class HopReportSink:
