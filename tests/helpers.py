@@ -117,8 +117,10 @@ def group_offset(bootstrap: str, group: str, topic: str) -> int:
     try:
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
         got = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
-    except KafkaException as exc:  # e.g. NOT_COORDINATOR while the coordinator moves/loads
-        if not exc.args[0].retriable() and exc.args[0].code() != KafkaError.NOT_COORDINATOR:
+    except KafkaException as exc:  # e.g. NOT_COORDINATOR while the coordinator moves/loads,
+        # or a time-out while an open transaction holds offsets of the group (KIP-447)
+        if not exc.args[0].retriable() and exc.args[0].code() not in (
+                KafkaError.NOT_COORDINATOR, KafkaError._TIMED_OUT):
             raise
         return -1
     finally:

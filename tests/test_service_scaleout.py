@@ -67,7 +67,8 @@ def test_two_listeners_share_the_alert_partitions_and_each_sees_every_event(
     produce_notices(kafka_broker, gbm_topic, [gbm_path.read_bytes()])
     dbs = [f"sqlite:///{tmp_path / f'live{i}.sqlite'}" for i in (0, 1)]
     logs = [tmp_path / f"listen{i}.log" for i in (0, 1)]
-    procs = [start_listener(cfg, db, log) for db, log in zip(dbs, logs, strict=True)]
+    procs = [start_listener(cfg, db, log, instance=f"l{i}")  # own transactional ids
+             for i, (db, log) in enumerate(zip(dbs, logs, strict=True))]
     try:
         for db in dbs:  # each process sees every event
             wait_for(lambda db=db: {gw.event_id, gbm.event_id} <= {

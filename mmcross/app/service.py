@@ -20,11 +20,15 @@ record is applied if its transaction's commit marker is on the marker topic, els
 (:func:`~mmcross.brokers.kafka_reports.transaction_committed`). So the store always holds
 exactly the committed state; it never decides what is delivered.
 
-**Abort = crash.** A retriable failure inside a transaction (produce, offsets, a commit that
-the broker says needs an abort) aborts it, then does what a restart does: the engine is rebuilt
-from the store and every consumer is rewound to its committed offsets (the notice consumer
-without commits to its first offset), so the aborted input is read and processed again. A
-fatal error (fenced by a newer instance of the same name) stops the service.
+**Abort = crash.** A failure inside a transaction (produce, offsets, a commit that the broker
+says needs an abort) aborts it, then does what a restart does: the engine is rebuilt from the
+store and every consumer is rewound to its committed offsets (the notice consumer without
+commits to its first offset), so the aborted input is read and processed again. When the
+transaction cannot be aborted (a fatal producer error, e.g. after a broker restart outlived the
+transaction timeout, or a commit whose outcome is unknown) a new producer with the same
+transactional id is started and the pending store writes settled by the commit marker, as at
+start-up. Being fenced by another live process with the same transactional id stops the
+service.
 
 **Notices** (GCN Kafka topics) are applied in the step that polled them, so their effects
 (retro-matches, revocations, dead letters) are in the *same transaction as that step's alert
@@ -45,6 +49,7 @@ reconnects by itself); SIGTERM/SIGINT finish the current step and leave cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -102,6 +107,8 @@ log = logging.getLogger(__name__)
 
 _TRANSPORT = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE,
               KafkaError._TIMED_OUT, KafkaError._MSG_TIMED_OUT}
+
+_FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED}
 
 Offsets = dict[tuple[str, int], int]
 
@@ -181,6 +188,7 @@ class ListenService(EngineLoop):
         self._stop = threading.Event()
         self._backoff = 0.0
         self._last_error_log = 0.0
+        self._commit_sent = False
         self.stats = ServiceStats()
         self.engine: Engine | None = None
         self.staged: StagedStore | None = None
@@ -206,15 +214,8 @@ class ListenService(EngineLoop):
         ensure_marker_topic(base_properties(self.config, **kw), s.marker_topic)
         self.output = TransactionalOutput(Producer({**props, "error_cb": self._on_error}),
                                           str(props["transactional.id"]), s.marker_topic)
-        while True:
-            try:
-                self.output.init(s.commit_timeout)
-                break
-            except KafkaException as exc:
-                if exc.args[0].fatal() or not exc.args[0].retriable():
-                    raise
-                if self._wait_backoff(f"init_transactions: {exc.args[0]}"):
-                    return
+        if not self._init_transactions():
+            return
         self._settle_pending(reader_config(self.config, **kw))
         self.sink = KafkaReportSink(self.output, s.report_topic, s.voevent_topic)
         self.dead_letters = DeadLetters(self.output, s.dead_letter_topic)
@@ -316,7 +317,8 @@ class ListenService(EngineLoop):
                 self.output.abort(10.0)
             except KafkaException as exc:
                 log.warning("aborting the open transaction: %s", exc)
-            self.output.producer.flush(10.0)
+            with contextlib.suppress(KafkaException):
+                self.output.producer.flush(10.0)
             self.output = None
         self.store.close()
         if self.metrics_server is not None:
@@ -385,7 +387,12 @@ class ListenService(EngineLoop):
                 for tp in partner.consumer.position(assigned) if tp.offset >= 0}
 
     def _commit(self, alert_offsets: Offsets, partner_offsets: Offsets) -> None:
-        """Add the offsets and the pending store writes, commit, then write the store."""
+        """Add the offsets and the pending store writes, commit, then write the store.
+
+        Raises:
+            KafkaException: the transaction failed; ``self._commit_sent`` says whether
+                ``commit_transaction`` was called (its outcome then unknown).
+        """
         assert self.output is not None and self.staged is not None
         out = self.output
         writes = self.staged.take()
@@ -399,16 +406,13 @@ class ListenService(EngineLoop):
         if writes:
             self.store.save_pending(out.owner, out.txn, encode_writes(writes))
         crashpoints.hit("before_commit")
+        self._commit_sent = True
         try:
             out.commit(self.settings.commit_timeout)
         except KafkaException as exc:
-            if exc.args[0].txn_requires_abort():
-                raise  # step() aborts
-            log.error("transaction %s: commit outcome unknown (%s); stopping (the next start "
-                      "settles it)", out.txn, exc.args[0])
-            self.output = None  # never abort a transaction that may have committed
-            self.stop()
+            self._commit_sent = not exc.args[0].txn_requires_abort()
             raise
+        self._commit_sent = False
         crashpoints.hit("after_commit")
         self.stats.commits += 1
         self.metrics.inc("commits_total")
@@ -417,29 +421,27 @@ class ListenService(EngineLoop):
             self.store.drop_pending(out.owner)
 
     def _abort(self, exc: KafkaException) -> None:
-        """Abort the open transaction, rebuild the engine from the store, rewind."""
+        """After a failed transaction: abort it (or, when that is impossible, start a new
+        producer and settle the transaction as a restart does), rebuild the engine from the
+        store and rewind the consumers."""
         if self.output is None:
             return
         cause = exc.args[0]
-        if cause.fatal():
-            log.error("fatal Kafka error (%s): stopping", cause)
+        if cause.code() in _FENCED:
+            log.error("fenced by another process with this transactional id (%s): stopping; "
+                      "give each process of the group its own --instance", cause)
             self.stop()
             return
         log.warning("transaction failed (%s): aborting; the engine is rebuilt from the store "
                     "and the input read again", cause)
-        while True:
-            try:
-                self.output.abort(self.settings.commit_timeout)
-                break
-            except KafkaException as again:
-                if again.args[0].fatal() or not again.args[0].retriable():
-                    log.error("abort failed (%s): stopping", again.args[0])
-                    self.stop()
-                    return
-                if self._wait_backoff(f"abort not acknowledged: {again.args[0]}"):
-                    return
+        if cause.fatal() or self._commit_sent or not self._abort_open():
+            if not self._new_producer():
+                return
+        else:
+            self.store.drop_pending(self.output.owner)
+        self._commit_sent = False
         self.stats.aborts += 1
-        self.store.drop_pending(self.output.owner)
+        self.metrics.inc("transaction_aborts_total")
         assert self.engine is not None
         self._build_engine(self.engine.sinks)
         consumers = [c.consumer for c in (self.alerts, self.notices) if c is not None]
@@ -447,6 +449,52 @@ class ListenService(EngineLoop):
             consumers.append(self.transports.partner_kafka.consumer)
         for consumer in consumers:
             rewind(consumer)
+
+    def _abort_open(self) -> bool:
+        """Abort the open transaction, retrying transport errors; False if it cannot be."""
+        assert self.output is not None
+        deadline = time.monotonic() + self.settings.commit_timeout
+        while True:
+            try:
+                self.output.abort(self.settings.commit_timeout)
+                return True
+            except KafkaException as again:
+                err = again.args[0]
+                if err.fatal() or not err.retriable() or time.monotonic() > deadline:
+                    log.warning("abort failed (%s)", err)
+                    return False
+                if self._wait_backoff(f"abort not acknowledged: {err}"):
+                    return False
+
+    def _new_producer(self) -> bool:
+        """Replace the producer by a new one with the same transactional id (which aborts or
+        completes the old one's transaction) and settle its pending store writes, as at
+        start-up. False when stopping."""
+        assert self.output is not None
+        kw = {"env": self._env, "overrides": self._overrides}
+        log.warning("starting a new transactional producer %s", self.output.owner)
+        with contextlib.suppress(KafkaException):
+            self.output.producer.flush(0)
+        self.output.producer = Producer({**producer_config(self.config, **kw),
+                                         "error_cb": self._on_error})
+        self.output.txn = None
+        if not self._init_transactions():
+            return False
+        self._settle_pending(reader_config(self.config, **kw))
+        return True
+
+    def _init_transactions(self) -> bool:
+        """``init_transactions``, retried through transport errors; False when stopping."""
+        assert self.output is not None
+        while True:
+            try:
+                self.output.init(self.settings.commit_timeout)
+                return True
+            except KafkaException as exc:
+                if exc.args[0].fatal() or not exc.args[0].retriable():
+                    raise
+                if self._wait_backoff(f"init_transactions: {exc.args[0]}"):
+                    return False
 
     def _apply_notice(self, notice: ReceivedNotice) -> None:
         assert self.engine is not None and self.dead_letters is not None

@@ -74,7 +74,8 @@ def declare_metrics(metrics: Metrics) -> Metrics:
             ("dead_letters_total", "Refused input messages, by error class."),
             ("notices_total", "GCN notices read, by outcome."),
             ("transport_errors_total", "Kafka transport errors seen."),
-            ("commits_total", "Input offset commits."),
+            ("commits_total", "Transactions committed (outputs with their input offsets)."),
+            ("transaction_aborts_total", "Transactions aborted (their input read again)."),
             ("partner_detections_total", "Partner stream detections accepted."),
             ("partner_matches_total", "Partner detection / Rubin alert matches reported.")):
         metrics.counter(name, text)
