@@ -329,26 +329,30 @@ class Catalog:
 
     def sky(self, event_id: str, revision: int) -> SkySummary | None:
         """The sky summary of the latest revision of ``event_id`` that has a sky map, kept
-        per (event, latest revision) once computed; ``None`` without any map."""
+        per (event, latest revision) once computed; ``None`` without any map. One summary is
+        computed at a time (reading a large map takes seconds; never twice)."""
         key = (event_id, revision)
         if key in self._sky:
             return self._sky[key]
+        with self._sky_lock:
+            if key not in self._sky:
+                self._sky[key] = self._sky_summary(event_id)
+            return self._sky[key]
+
+    def _sky_summary(self, event_id: str) -> SkySummary | None:
         try:
             event = self.store.load_event(event_id, with_localization=True)
         except StoreError as exc:  # an unreadable map: the event is listed without it
             log.warning("no sky summary for %s: %s", event_id, exc)
-            event = None
-        summary = None
-        if event is not None and event.localization is not None:
-            loc = event.localization
-            dist, std = loc.meta.get("DISTMEAN"), loc.meta.get("DISTSTD")
-            numbers = isinstance(dist, int | float) and isinstance(std, int | float)
-            summary = SkySummary(area90=float(loc.area(0.9)),
-                                 distance_mean=float(dist) if numbers else None,
-                                 distance_std=float(std) if numbers else None)
-        with self._sky_lock:
-            self._sky[key] = summary
-        return summary
+            return None
+        if event is None or event.localization is None:
+            return None
+        loc = event.localization
+        dist, std = loc.meta.get("DISTMEAN"), loc.meta.get("DISTSTD")
+        numbers = isinstance(dist, int | float) and isinstance(std, int | float)
+        return SkySummary(area90=float(loc.area(0.9)),
+                          distance_mean=float(dist) if numbers else None,
+                          distance_std=float(std) if numbers else None)
 
     # -- matches -----------------------------------------------------------------------
 

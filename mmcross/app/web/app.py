@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_LIMIT = 10_000
 """Most records one API call returns."""
+WARM_JOIN = 10.0
+"""Seconds a stopping server waits for the read-ahead of sky summaries."""
 
 
 class PageSort(enum.StrEnum):
@@ -124,9 +127,19 @@ def create_app(store_url: str, config: Config) -> FastAPI:
     templates = Jinja2Templates(directory=str(TEMPLATES))
     templates.env.filters.update(FILTERS)
 
+    def warm() -> None:
+        try:
+            catalog.events(EventFilter(limit=settings.page_limit))
+        except MmcrossError as exc:
+            log.warning("could not read the events ahead of the first page: %s", exc)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # the events' sky summaries are read ahead, so the first visitor does not wait
+        warming = threading.Thread(target=warm, name="mmcross-web-warm", daemon=True)
+        warming.start()
         yield
+        warming.join(WARM_JOIN)
         catalog.close()
 
     app = FastAPI(title="mmcross", lifespan=lifespan, docs_url=None, redoc_url=None,
