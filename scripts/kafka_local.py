@@ -448,9 +448,25 @@ class LocalKafka:
             time.sleep(0.2)
         return False
 
-    def restart(self) -> str:
-        """Stop then start again on the same ports with the same data; return the bootstrap."""
-        self.stop()
+    def kill(self) -> None:
+        """SIGKILL the broker (an unclean stop: it recovers its logs at the next start)."""
+        pid = self.pid()
+        if pid is None:
+            return
+        logger.info("killing Kafka pid %d in %s", pid, self.directory)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        self._wait_exit(pid, 30)
+        self._proc = None
+        self.pid_file.unlink(missing_ok=True)
+
+    def restart(self, *, hard: bool = False) -> str:
+        """Stop (SIGKILL when ``hard``) then start again on the same ports with the same
+        data; return the bootstrap."""
+        if hard:
+            self.kill()
+        else:
+            self.stop()
         return self.start()
 
     def __enter__(self) -> LocalKafka:

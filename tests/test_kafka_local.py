@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from gcn_kafka.core import get_config
 
+from tests.helpers import read_topic
 from tests.kafka_fixture import kafka_local, skip_or_fail
 
 POLL_DEADLINE = 60.0  # s, bound of every consume loop (not asserted on)
@@ -183,6 +184,30 @@ def test_data_and_commits_survive_broker_restart(local_kafka) -> None:
     second.close()
     seen = _values(head) + _values(tail)
     assert sorted(seen) == list(range(1000))
+
+
+@pytest.mark.kafka
+def test_committed_transaction_survives_a_broker_kill_and_an_open_one_never_shows(
+        local_kafka) -> None:
+    bootstrap = local_kafka.bootstrap
+    topic = _new_topic(bootstrap, partitions=1)
+    txn_id = f"t-{uuid.uuid4().hex}"
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": txn_id})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(10):
+        producer.produce(topic, value=str(i).encode())
+    producer.commit_transaction(30)
+    producer.begin_transaction()
+    for i in range(10, 20):
+        producer.produce(topic, value=str(i).encode())
+    assert producer.flush(30) == 0  # written to the log, inside a transaction never committed
+
+    assert local_kafka.restart(hard=True) == bootstrap  # SIGKILL, same address and data
+
+    successor = Producer({"bootstrap.servers": bootstrap, "transactional.id": txn_id})
+    successor.init_transactions(60)  # fences the old producer, aborts its open transaction
+    assert _values(read_topic(bootstrap, topic)) == list(range(10))
 
 
 @pytest.mark.kafka
