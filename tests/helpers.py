@@ -409,28 +409,6 @@ def gwcelery_module(name: str):
             else:
                 sys.modules[k] = v
 
-
-# -- real notices placed into a coincidence window -------------------------------------------
-
-GW_NOTICE = "gcn/json/fink-mm/S230518h-initial.json"
-GBM_NOTICE = "gcn/voevent/fink-mm-kafka-2024-01/Fermi_GBM_Gnd_Pos_726773850-268.xml"
-
-
-def place_voevent(xml: bytes, trigger, ra: float, dec: float, delay_s: float) -> bytes:
-    """A real VOEvent with its trigger time, position and issue time (trigger + delay) moved."""
-    import re
-
-    from astropy.time import TimeDelta
-
-    text = xml.decode()
-    text = re.sub(r"<ISOTime>[^<]*</ISOTime>", f"<ISOTime>{trigger.utc.isot}</ISOTime>", text)
-    text = re.sub(r"<Date>[^<]*</Date>",
-                  f"<Date>{(trigger + TimeDelta(delay_s, format='sec')).utc.isot[:19]}</Date>",
-                  text, count=1)
-    text = re.sub(r"<C1>[^<]*</C1>", f"<C1>{ra:.4f}</C1>", text)
-    text = re.sub(r"<C2>[^<]*</C2>", f"<C2>{dec:.4f}</C2>", text)
-    return text.encode()
-
 # -- the web tests' store ------------------------------------------------------------------
 
 WEB_NOTICES = (  # (notice, what happens to its event in the store)
@@ -488,28 +466,6 @@ def build_web_store(url: str, shared_file, *, n_background: int = 150,
     finally:
         engine.close()
     return injected
-
-
-# -- real notices placed into a coincidence window -------------------------------------------
-
-GW_NOTICE = "gcn/json/fink-mm/S230518h-initial.json"
-GBM_NOTICE = "gcn/voevent/fink-mm-kafka-2024-01/Fermi_GBM_Gnd_Pos_726773850-268.xml"
-
-
-def place_voevent(xml: bytes, trigger, ra: float, dec: float, delay_s: float) -> bytes:
-    """A real VOEvent with its trigger time, position and issue time (trigger + delay) moved."""
-    import re
-
-    from astropy.time import TimeDelta
-
-    text = xml.decode()
-    text = re.sub(r"<ISOTime>[^<]*</ISOTime>", f"<ISOTime>{trigger.utc.isot}</ISOTime>", text)
-    text = re.sub(r"<Date>[^<]*</Date>",
-                  f"<Date>{(trigger + TimeDelta(delay_s, format='sec')).utc.isot[:19]}</Date>",
-                  text, count=1)
-    text = re.sub(r"<C1>[^<]*</C1>", f"<C1>{ra:.4f}</C1>", text)
-    text = re.sub(r"<C2>[^<]*</C2>", f"<C2>{dec:.4f}</C2>", text)
-    return text.encode()
 
 
 class JSONServer:

@@ -19,6 +19,7 @@ from astropy.time import TimeDelta
 from ligo.raven import search as raven_search
 from ligo.skymap.io import fits as skymap_fits
 
+from mmcross.app.demo import place_voevent
 from mmcross.app.engine import Engine
 from mmcross.listeners import read_notice_file
 from mmcross.matchers.coincidence import CoincidenceSearch, ExternalSpec
@@ -26,7 +27,7 @@ from mmcross.model.alert import AlertBatch
 from mmcross.model.config import Config
 from mmcross.model.event import EventKind, NoticeAction
 from mmcross.model.localization import uniq_to_order_ipix
-from tests.helpers import GBM_NOTICE, GW_NOTICE, gwcelery_module, place_voevent
+from tests.helpers import GBM_NOTICE, GW_NOTICE, gwcelery_module
 
 GW_MAP = "skymaps/fink-mm/S230518h_initial.multiorder.fits"
 RTOL = 1e-6

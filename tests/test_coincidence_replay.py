@@ -10,6 +10,7 @@ from astropy.time import TimeDelta
 from lxml import etree
 
 from mmcross.app.cli import main
+from mmcross.app.demo import place_voevent
 from mmcross.app.engine import Engine
 from mmcross.app.replay import coincidence_sinks, replay
 from mmcross.brokers.coincidence_reports import (
@@ -22,7 +23,7 @@ from mmcross.catalogs import Store
 from mmcross.listeners import read_notice_file
 from mmcross.model.coincidence import Coincidence
 from mmcross.model.config import Config
-from tests.helpers import GBM_NOTICE, GW_NOTICE, place_voevent, sim_night
+from tests.helpers import GBM_NOTICE, GW_NOTICE, sim_night
 
 
 def test_replay_finds_coincidence_counterparts_and_revokes_on_retraction(shared_file, tmp_path,
