@@ -22,7 +22,7 @@ import gcn_kafka
 from confluent_kafka import KafkaError, TopicPartition
 
 from mmcross.listeners.dispatch import parse_notice
-from mmcross.model.errors import MmcrossError
+from mmcross.model.errors import BadNoticeError, MmcrossError
 from mmcross.model.event import Event
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,22 @@ class ReceivedNotice:
     @property
     def source(self) -> str:
         return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+def parse_message(notice: ReceivedNotice, options: Mapping[str, Any] | None = None
+                  ) -> ReceivedNotice:
+    """Parse one message's value (the key is not used) into ``notice.event``, or set
+    ``notice.error`` to the :class:`~mmcross.model.errors.MmcrossError` naming its
+    ``topic/partition/offset``; ``options`` are keyword arguments of
+    :func:`mmcross.listeners.parse_notice`. Returns ``notice``."""
+    try:
+        if not notice.value:
+            raise BadNoticeError(f"{notice.source}: empty notice message")
+        notice.event = parse_notice(notice.value, topic=notice.topic, source=notice.source,
+                                    **dict(options or {}))
+    except MmcrossError as exc:
+        notice.error = exc
+    return notice
 
 
 class NoticeConsumer:
@@ -84,16 +100,9 @@ class NoticeConsumer:
                 self._transport_error(err, msg.topic())
                 continue
             _kind, ts = msg.timestamp()
-            notice = ReceivedNotice(msg.topic(), msg.partition(), msg.offset(), int(ts),
-                                    msg.key(), msg.value())
-            try:
-                if notice.value is None:
-                    raise MmcrossError(f"{notice.source}: empty notice message")
-                notice.event = parse_notice(notice.value, topic=notice.topic,
-                                            source=notice.source, **self.options)
-            except MmcrossError as exc:
-                notice.error = exc
-            out.append(notice)
+            out.append(parse_message(ReceivedNotice(msg.topic(), msg.partition(), msg.offset(),
+                                                    int(ts), msg.key(), msg.value()),
+                                     self.options))
         return out
 
     def _transport_error(self, err: KafkaError, topic: str | None) -> None:

@@ -129,6 +129,7 @@ def test_kafka_detections_message_reaches_callback_and_bad_signature_is_counted(
     got = []
     consumer = PartnerKafkaConsumer.__new__(PartnerKafkaConsumer)  # no broker needed
     consumer.registry, consumer.lock, consumer.stats = registry(), nullcontext(), Counter()
+    consumer.options = {}
     consumer.on_detections = lambda p, d: got.append((p, list(d.detection_id)))
     consumer.callback = lambda e: pytest.fail("an event callback for detections")
     payload = json.dumps([record(), record(detection_id="d2")]).encode()
