@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from confluent_kafka import KafkaException
 from hop import Stream
 from hop.auth import load_auth
 from hop.models import JSONBlob
@@ -66,9 +67,11 @@ class HopReportSink:
         self.stats: Counter[str] = Counter()
         try:
             auth = load_auth(settings.auth) if settings.auth else False
+            # No large-message offload (reports are small): opening then needs no broker.
             self._producer = Stream(auth=auth).open(
-                settings.url, "w", produce_timeout=timedelta(seconds=settings.timeout))
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                settings.url, "w", produce_timeout=timedelta(seconds=settings.timeout),
+                automatic_offload=False)
+        except (OSError, ValueError, KeyError, RuntimeError, KafkaException) as exc:
             raise ConfigError(f"[hop.publish] cannot open {settings.url}: {exc}") from exc
         self._lock = threading.Lock()
         log.info("publishing counterparts to Hopskotch %s", settings.url)

@@ -36,6 +36,7 @@ from tests.helpers import (
     GW_NOTICE,
     REPO,
     create_topics,
+    free_port,
     make_match,
     offline_matches,
     sim_night,
@@ -223,6 +224,17 @@ def test_mmcross_listen_reads_hop_notices_and_publishes_counterparts_to_hop(
         assert got.credible_level == pytest.approx(want.credible_level, abs=1e-9)
         assert not got.retracted
 
+
+
+@pytest.mark.filterwarnings("ignore:The 'warn' method is deprecated:DeprecationWarning")  # adc
+def test_an_unreachable_hopskotch_is_counted_and_never_raises() -> None:
+    sink = HopReportSink(HopPublishSettings(url=f"kafka://127.0.0.1:{free_port()}/nowhere",
+                                            timeout=1.0))
+    try:
+        sink.write([make_match(0), make_match(1)])
+    finally:
+        sink.close()
+    assert (sink.stats["sent"], sink.stats["failed"]) == (0, 2)
 
 def test_hop_auth_is_a_hop_auth_file_or_none(tmp_path: Path) -> None:
     assert hop_auth("") is False
