@@ -210,10 +210,12 @@ class Catalog:
         try:
             self.store = Store(read_only_url(url))
         except StoreError as exc:
-            raise StoreError(
-                f"cannot open the store at {self.url} for reading: {exc} (a store written by an "
-                "older mmcross gets its new tables and columns once opened for writing, e.g. by "
-                "`mmcross events --db URL`)") from exc
+            cause = str(exc.__cause__ or exc)
+            hint = (" (the store lacks tables or columns of this mmcross: open it once for "
+                    "writing, e.g. `mmcross events --db URL`)"
+                    if "readonly" in cause or "read-only" in cause else "")
+            raise StoreError(f"cannot open the store at {self.url} for reading: "
+                             f"{cause}{hint}") from exc
         self._sky: dict[tuple[str, int], SkySummary | None] = {}
         self._sky_lock = threading.Lock()
 
