@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from astropy.time import TimeDelta
 from lxml import etree
 
@@ -103,3 +104,26 @@ def test_replay_finds_coincidence_counterparts_and_revokes_on_retraction(shared_
     assert main(["coincidences", "--db", db, "--all", "--json"]) == 0
     (line,) = capsys.readouterr().out.splitlines()
     assert Coincidence.from_record(json.loads(line)) == records[1]
+
+
+def test_plot_draws_the_combined_map_and_both_parents(shared_file, tmp_path):
+    import matplotlib.image
+
+    from mmcross.app.plot import PARENT_COLORS, plot_event
+
+    gw = read_notice_file(shared_file(GW_NOTICE))
+    ra, dec = (float(x[0]) for x in gw.localization.sample(1, np.random.default_rng(3)))
+    path = tmp_path / "gbm.xml"
+    path.write_bytes(place_voevent(shared_file(GBM_NOTICE).read_bytes(),
+                                   gw.trigger_time + TimeDelta(1.74, format="sec"), ra, dec, 60))
+    ext = read_notice_file(path)
+    engine = Engine(Config.load())
+    engine.on_notice(gw)
+    (c,) = engine.on_notice(ext).coincidences
+    combined = engine.index.get(c.coincidence_id)
+    drawn = plot_event(combined, [], tmp_path / "coinc.png", parents=[gw, ext])
+    assert drawn.area90 == pytest.approx(c.combined_area90)
+    image = matplotlib.image.imread(drawn.path)[..., :3]
+    for color in PARENT_COLORS:  # each parent's dotted contour is on the image
+        rgb = np.array([int(color[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+        assert np.any(np.all(np.abs(image - rgb) < 0.02, axis=-1)), color

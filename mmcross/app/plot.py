@@ -29,7 +29,7 @@ from astropy.time import Time
 from astropy.wcs import WCS
 
 from mmcross.model.errors import MmcrossError
-from mmcross.model.event import Event
+from mmcross.model.event import Event, EventKind
 from mmcross.model.localization import SR_TO_DEG2, Localization, uniq_to_order_ipix
 from mmcross.model.match import Match
 
@@ -46,6 +46,8 @@ REVOKED_COLOR = "#8c8c8c"
 """Colour of revoked-match markers (grey)."""
 CONTOUR_COLORS = ("#08306b", "#d62728", "#2ca02c", "#9467bd")
 """Contour colours by increasing credible level."""
+PARENT_COLORS = ("#17becf", "#bcbd22")
+"""Colours of the dotted 90 % contours of a coincidence's parents (GW, external)."""
 CMAP = "Blues"
 
 _MOL_WIDTH_DEG = 4.0 * math.sqrt(2.0) * 180.0 / math.pi  # full width of the Mollweide plane
@@ -102,8 +104,10 @@ def plot_stored_event(store: Any, event_id: str, out: str | Path, *,
                       credible_levels: Sequence[float] = (0.5, 0.9)) -> SkymapPlot:
     """Draw a stored event with all its stored matches (live and revoked) to ``out`` (PNG)."""
     event = load_event(store, event_id)
+    parents = [load_event(store, p) for p in event.significance.get("parents", [])
+               if event.kind is EventKind.COINCIDENCE]
     return plot_event(event, store.matches(event_id, include_retracted=True), out,
-                      credible_levels=credible_levels)
+                      credible_levels=credible_levels, parents=parents)
 
 
 # -- geometry ----------------------------------------------------------------------------
@@ -217,6 +221,21 @@ def _panel(ax: Any, loc: Localization, wcs: WCS, levels: Sequence[float],
     return image
 
 
+def _parent_contours(ax: Any, parents: Sequence[Event], wcs: WCS) -> list[Any]:
+    """The 90 % contour of each parent of a coincidence (its own map), as legend handles."""
+    handles = []
+    for k, parent in enumerate(parents):
+        if parent.localization is None:
+            continue
+        _, level = _sample(parent.localization, wcs)
+        color = PARENT_COLORS[k % len(PARENT_COLORS)]
+        ax.contour(np.where(np.isfinite(level), level, 1.0), levels=[0.9], colors=[color],
+                   linewidths=1.1, linestyles="dotted")
+        handles.append(plt.Line2D([], [], color=color, linestyle="dotted",
+                                  label=f"{parent.event_id} 90% region"))
+    return handles
+
+
 def _title(event: Event, loc: Localization) -> str:
     when = Time(event.trigger_time.utc, precision=1).iso
     parts = [f"{event.event_id} rev {event.revision}",
@@ -233,12 +252,15 @@ def _title(event: Event, loc: Localization) -> str:
 
 def plot_event(event: Event, matches: Sequence[Match], out: str | Path, *,
                credible_levels: Sequence[float] = (0.5, 0.9), dpi: int = 100,
-               allsky_width: int = 900, zoom_size: int = 600) -> SkymapPlot:
+               allsky_width: int = 900, zoom_size: int = 600,
+               parents: Sequence[Event] = ()) -> SkymapPlot:
     """Draw ``event``'s localization with its credible contours and ``matches`` to a PNG.
 
     Args:
         event: the event (its ``localization`` is drawn).
         matches: matched alerts of this event; ``retracted`` ones are drawn as revoked.
+        parents: for a coincidence's combined map, its GW and external parents, whose 90 %
+            contours are drawn beside the combined map's.
         out: PNG path (parent folders are created).
         credible_levels: contour levels, searched probability in (0, 1].
         dpi: image resolution; the figure is 16 x 7.2 inches.
@@ -271,6 +293,7 @@ def plot_event(event: Event, matches: Sequence[Match], out: str | Path, *,
         ax1 = fig.add_axes((0.02, 0.17, 0.56, 0.68), projection=sky,
                            frame_class=EllipticalFrame)
         image = _panel(ax1, loc, sky, levels, live, revoked, marker_scale=0.6, vmax=None)
+        _parent_contours(ax1, parents, sky)
         ax1.coords[0].set_format_unit("hourangle")
         ax1.coords[0].set_major_formatter("hh")
         ax1.coords[0].set_ticks(spacing=30 * _deg())
@@ -287,6 +310,7 @@ def plot_event(event: Event, matches: Sequence[Match], out: str | Path, *,
         zoom = zoom_wcs(zra, zdec, zrad, zoom_size)
         ax2 = fig.add_axes((0.62, 0.1, 0.34, 0.75), projection=zoom)
         _panel(ax2, loc, zoom, levels, live, revoked, marker_scale=1.0, vmax=None)
+        parent_handles = _parent_contours(ax2, parents, zoom)
         ax2.coords[0].set_format_unit("deg", decimal=True)
         wide = zrad > 25.0  # tick labels on a wide zenithal frame are unreadable
         spacing = _grid_spacing(zrad)
@@ -312,7 +336,7 @@ def plot_event(event: Event, matches: Sequence[Match], out: str | Path, *,
                               linestyle="solid" if lev <= 0.5 else "dashed",
                               label=f"{100 * lev:g}% credible region")
                    for k, lev in enumerate(levels)]
-        handles += ax2.get_legend_handles_labels()[0]
+        handles += parent_handles + ax2.get_legend_handles_labels()[0]
         ax2.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.85)
         fig.suptitle(_title(event, loc), fontsize=12, y=0.97)
 
