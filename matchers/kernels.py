@@ -7,9 +7,10 @@ level, so any multi-order pixel of order ``k`` is the half-open range of order-2
 
 The cell index of the live events is a set of singly linked lists, one per cell of each
 order 0..K in use (``head[level_offset[K] + cell]`` is the first slot of the cell, ``-1``
-when empty, ``next_slot[s]`` the slot after ``s``), so that adding or removing one event
-touches only its own slots. A slot names its event and, for pixel maps, the range of the
-event's pixel rows inside the cell.
+when empty), so that adding or removing one event touches only its own slots. A slot is a
+row of ``slots`` (int64, one cache line per slot): the next slot of its list
+(:data:`NEXT`, -1 at the end), its event (:data:`EVENT`) and, for pixel maps, the range
+``[LO, HI)`` of the event's pixel rows inside the cell.
 
 All kernels are ``@njit(cache=True)``: compiled once per machine, then loaded from
 ``__pycache__`` at the next start.
@@ -26,6 +27,8 @@ from mmcross.model.regions import evaluate
 
 ORDER_MAX = 29
 PIXEL_MAP = -1
+NEXT, EVENT, LO, HI = 0, 1, 2, 3
+"""Columns of the ``slots`` array."""
 """``kind`` of an event matched through its packed pixels (other kinds: analytic regions)."""
 
 
@@ -65,34 +68,34 @@ def cell_pairs(start: np.ndarray, end: np.ndarray,
 
 
 @njit(cache=True)
-def link_slots(head: np.ndarray, next_slot: np.ndarray, slot_head: np.ndarray,
-               slots: np.ndarray, heads: np.ndarray) -> None:
-    """Push slot ``slots[k]`` at the front of the list ``heads[k]`` (an index into ``head``);
+def link_slots(head: np.ndarray, slots: np.ndarray, slot_head: np.ndarray, ids: np.ndarray,
+               heads: np.ndarray) -> None:
+    """Push slot ``ids[k]`` at the front of the list ``heads[k]`` (an index into ``head``);
     ``slot_head`` remembers each slot's list for :func:`unlink_slots`."""
-    for k in range(slots.shape[0]):
-        s, h = slots[k], heads[k]
-        next_slot[s] = head[h]
+    for k in range(ids.shape[0]):
+        s, h = ids[k], heads[k]
+        slots[s, NEXT] = head[h]
         head[h] = s
         slot_head[s] = h
 
 
 @njit(cache=True)
-def unlink_slots(head: np.ndarray, next_slot: np.ndarray, slot_head: np.ndarray,
-                 slots: np.ndarray) -> None:
-    """Remove ``slots`` from their lists (a walk of each slot's own cell list)."""
-    for k in range(slots.shape[0]):
-        s = slots[k]
+def unlink_slots(head: np.ndarray, slots: np.ndarray, slot_head: np.ndarray,
+                 ids: np.ndarray) -> None:
+    """Remove slots ``ids`` from their lists (a walk of each slot's own cell list)."""
+    for k in range(ids.shape[0]):
+        s = ids[k]
         h = slot_head[s]
         prev = -1
         cur = head[h]
         while cur != s:
             prev = cur
-            cur = next_slot[cur]
+            cur = slots[cur, NEXT]
         if prev < 0:
-            head[h] = next_slot[s]
+            head[h] = slots[s, NEXT]
         else:
-            next_slot[prev] = next_slot[s]
-        next_slot[s] = -1
+            slots[prev, NEXT] = slots[s, NEXT]
+        slots[s, NEXT] = -1
         slot_head[s] = -1
 
 
@@ -112,8 +115,7 @@ def unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
 
 @njit(cache=True, error_model="numpy")
 def match_kernel(ipix: np.ndarray, vec: np.ndarray, mjd: np.ndarray, levels: np.ndarray,
-                 level_offset: np.ndarray, head: np.ndarray, next_slot: np.ndarray,
-                 slot_event: np.ndarray, slot_lo: np.ndarray, slot_hi: np.ndarray,
+                 level_offset: np.ndarray, head: np.ndarray, slots: np.ndarray,
                  kind: np.ndarray, params: np.ndarray, chord2: np.ndarray,
                  tmin: np.ndarray, tmax: np.ndarray, active: np.ndarray,
                  start: np.ndarray, log2_width: np.ndarray, values: np.ndarray,
@@ -127,7 +129,7 @@ def match_kernel(ipix: np.ndarray, vec: np.ndarray, mjd: np.ndarray, levels: np.
         vec: float64 ``(n, 3)`` unit vector of each alert; mjd: alert time (MJD TAI, days).
         levels: the cell orders in use; ``level_offset[K]`` is the offset of order ``K``'s
             cells in ``head``.
-        head, next_slot, slot_event, slot_lo, slot_hi: the cell lists (module docstring).
+        head, slots: the cell lists (module docstring).
         kind: int8 per event, :data:`PIXEL_MAP` or the region kind for :func:`evaluate`;
             params: float64 ``(n_events, N_PARAMS)`` region parameters; chord2: squared
             chord from the region centre beyond which its credible level exceeds
@@ -159,10 +161,10 @@ def match_kernel(ipix: np.ndarray, vec: np.ndarray, mjd: np.ndarray, levels: np.
             order = levels[li]
             s = head[level_offset[order] + (x >> (2 * (ORDER_MAX - order)))]
             while s >= 0:
-                e = slot_event[s]
-                lo = slot_lo[s]
-                hi = slot_hi[s]
-                s = next_slot[s]
+                e = slots[s, EVENT]
+                lo = slots[s, LO]
+                hi = slots[s, HI]
+                s = slots[s, NEXT]
                 if not active[e] or t < tmin[e] or t > tmax[e]:
                     continue
                 if kind[e] == PIXEL_MAP:

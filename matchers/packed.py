@@ -243,11 +243,8 @@ class LiveSky:
         self.head = np.full(int(self.level_offset[-1]), -1, np.int64)
         self._level_count = np.zeros(cell_order + 1, np.int64)
         # slots
-        self.next_slot = np.empty(0, np.int64)
+        self.slots = np.empty((0, 4), np.int64)  # columns kernels.NEXT, EVENT, LO, HI
         self.slot_head = np.empty(0, np.int64)
-        self.slot_event = np.empty(0, np.int64)
-        self.slot_lo = np.empty(0, np.int64)
-        self.slot_hi = np.empty(0, np.int64)
         self._free_slots: list[int] = []
         self._n_slots = 0
         # events
@@ -293,9 +290,8 @@ class LiveSky:
     @property
     def nbytes(self) -> int:
         """Bytes held by the index, the per-event arrays and the pixel pool."""
-        arrays = ("head", "next_slot", "slot_head", "slot_event", "slot_lo", "slot_hi",
-                  "kind", "params", "chord2", "tmin", "tmax", "alive", "start",
-                  "log2_width", "values", "distance")
+        arrays = ("head", "slots", "slot_head", "kind", "params", "chord2", "tmin", "tmax",
+                  "alive", "start", "log2_width", "values", "distance")
         return sum(getattr(self, a).nbytes for a in arrays)
 
     def event_nbytes(self, e: int) -> int:
@@ -303,7 +299,7 @@ class LiveSky:
         per_event = (self.kind.itemsize + self.params[0].nbytes + self.chord2.itemsize
                      + self.tmin.itemsize + self.tmax.itemsize + self.alive.itemsize)
         entry = self._event_slots[e]
-        per_slot = 5 * 8
+        per_slot = self.slots[0].nbytes + self.slot_head.itemsize
         rows = 0 if entry.rows is None else entry.rows.stop - entry.rows.start
         per_row = 8 + 1 + 3 * 8 + 2 * 8
         return per_event + per_slot * len(entry.slots) + per_row * rows
@@ -335,17 +331,14 @@ class LiveSky:
         first = self._n_slots
         self._n_slots += fresh
         n = self._n_slots
-        self.next_slot = _grown(self.next_slot, n, -1)
+        self.slots = _grown(self.slots, n, -1)
         self.slot_head = _grown(self.slot_head, n, -1)
-        self.slot_event = _grown(self.slot_event, n, -1)
-        self.slot_lo = _grown(self.slot_lo, n, 0)
-        self.slot_hi = _grown(self.slot_hi, n, 0)
         slots = np.concatenate([np.asarray(free, np.int64),
                                 np.arange(first, first + fresh, dtype=np.int64)])
-        self.slot_event[slots] = e
-        self.slot_lo[slots] = lo
-        self.slot_hi[slots] = hi
-        kernels.link_slots(self.head, self.next_slot, self.slot_head, slots,
+        self.slots[slots, kernels.EVENT] = e
+        self.slots[slots, kernels.LO] = lo
+        self.slots[slots, kernels.HI] = hi
+        kernels.link_slots(self.head, self.slots, self.slot_head, slots,
                            self.level_offset[order] + np.asarray(cells, np.int64))
         self._level_count[order] += 1
         self._event_slots[e] = _Slots(slots, order, rows)
@@ -405,7 +398,7 @@ class LiveSky:
     def remove(self, e: int) -> None:
         """Remove event ``e`` (its number becomes free)."""
         entry = self._event_slots.pop(e)
-        kernels.unlink_slots(self.head, self.next_slot, self.slot_head, entry.slots)
+        kernels.unlink_slots(self.head, self.slots, self.slot_head, entry.slots)
         self._level_count[entry.order] -= 1
         self._free_slots.extend(entry.slots.tolist())
         self.alive[e] = False
@@ -431,8 +424,8 @@ class LiveSky:
             for a in (self.start, self.log2_width, self.values, self.distance):
                 a[dst] = a[src]
             shift[e] = at - src.start
-            self.slot_lo[entry.slots] += shift[e]
-            self.slot_hi[entry.slots] += shift[e]
+            self.slots[entry.slots, kernels.LO] += shift[e]
+            self.slots[entry.slots, kernels.HI] += shift[e]
             entry.rows = dst
             at += n
         log.debug("pixel pool compacted: %d -> %d rows", self._n_rows, at)
@@ -448,7 +441,7 @@ class LiveSky:
         if entry.rows is None:
             return None
         rows = entry.rows
-        lo = self.slot_lo[entry.slots]
+        lo = self.slots[entry.slots, kernels.LO]
         order = np.argsort(lo, kind="stable")
         cells = (self.slot_head[entry.slots] - self.level_offset[self.cell_order])[order]
         has = bool(rows.stop > rows.start and np.isfinite(self.distance[rows.start, 0]))
@@ -457,7 +450,8 @@ class LiveSky:
             credible_level=self.values[rows, 0], searched_area=self.values[rows, 1],
             prob_density=self.values[rows, 2], distance_mean=self.distance[rows, 0],
             distance_std=self.distance[rows, 1], cells=cells,
-            cell_lo=lo[order] - rows.start, cell_hi=self.slot_hi[entry.slots][order] - rows.start,
+            cell_lo=lo[order] - rows.start,
+            cell_hi=self.slots[entry.slots, kernels.HI][order] - rows.start,
             cell_order=self.cell_order, has_distance=has)
 
     # -- matching --------------------------------------------------------------------------
@@ -466,8 +460,8 @@ class LiveSky:
               capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:func:`kernels.match_kernel` over the live events (``active`` per event number)."""
         return kernels.match_kernel(
-            ipix, vec, mjd, self.levels, self.level_offset, self.head, self.next_slot,
-            self.slot_event, self.slot_lo, self.slot_hi, self.kind, self.params, self.chord2,
+            ipix, vec, mjd, self.levels, self.level_offset, self.head, self.slots, self.kind,
+            self.params, self.chord2,
             self.tmin, self.tmax, active & self.alive[:self._n_events], self.start,
             self.log2_width, self.values, self.distance, self.max_credible_level, *GL_NODES,
             capacity)

@@ -372,15 +372,16 @@ def test_live_sky_cell_index_covers_every_packed_pixel(maps):
         view = sky.view(e)
         np.testing.assert_array_equal(view.start, packed.start)
         np.testing.assert_array_equal(view.cells, packed.cells)
-        rows = np.flatnonzero(sky.slot_event[:len(sky.next_slot)] == e)
+        rows = np.flatnonzero((sky.slots[:, 1] == e) & (sky.slot_head >= 0))
         for k in np.random.default_rng(0).choice(len(packed), 300):
             row = sky.rows(e).start + k
             c = packed.start[k] >> shift
             s = sky.head[sky.level_offset[5] + c]
             covered = False
             while s >= 0:
-                covered |= bool(sky.slot_event[s] == e and sky.slot_lo[s] <= row < sky.slot_hi[s])
-                s = sky.next_slot[s]
+                nxt, event, lo, hi = sky.slots[s]
+                covered |= bool(event == e and lo <= row < hi)
+                s = nxt
             assert covered
         assert len(rows) == len(packed.cells)
 

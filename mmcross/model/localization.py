@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -320,6 +321,14 @@ class Localization:
         mask[i] = (before < credible_level) & (self.probdensity[i] > 0)
         return mask
 
+    def credible_ranges29(self, credible_level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted, disjoint order-29 NESTED ranges ``[start, end)`` (int64, adjacent ones
+        merged) covering every position whose credible level is <= ``credible_level``: the
+        pixels of a pixel map whose ``searched_prob`` is at most that level."""
+        keep = self.credible_levels() <= credible_level
+        start, end = self.ranges29()
+        return _merge_ranges(start[keep], end[keep])
+
     def moc(self, credible_level: float = 0.9) -> MOC:
         """MOC of the smallest region holding ``credible_level`` (see :meth:`region_mask`)."""
         mask = self.region_mask(credible_level)
@@ -494,6 +503,29 @@ class _AnalyticLocalization(Localization):
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         return self.region.sample(n, rng)
+
+    def credible_ranges29(self, credible_level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+        """A superset for an analytic region, without pixels: the HEALPix pixels overlapping
+        the cap that holds its credible region, at an order where they are about an eighth of
+        the cap's radius (at most order 20)."""
+        radius = math.radians(self.region.cap_radius(credible_level))
+        radius = min(radius * (1 + 1e-9) + 1e-12, math.pi)
+        order = int(np.clip(math.floor(math.log2(8.0 / radius)), 0, 20))
+        ipix = np.sort(hp.query_disc(1 << order, self.region.params[0:3], radius,
+                                     inclusive=True, nest=True).astype(np.int64))
+        shift = 2 * (MAX_ORDER - order)
+        return _merge_ranges(ipix << shift, (ipix + 1) << shift)
+
+
+def _merge_ranges(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted disjoint ranges with adjacent ones merged."""
+    if len(start) == 0:
+        return start, end
+    order = np.argsort(start, kind="stable")
+    start, end = start[order], end[order]
+    first = np.r_[True, start[1:] != end[:-1]]  # a range not continuing the previous one
+    last = np.r_[first[1:], True]
+    return start[first], end[last]
 
 
 # --------------------------------------------------------------------------------------------
