@@ -1,8 +1,10 @@
 """Build :class:`mmcross.model.localization.Localization` objects for parsed notices.
 
 Thin wrappers over the Localization constructors that turn any failure into an mmcross
-error naming the notice source (a listener never lets a ``ValueError`` escape).
-Positions and radii are degrees ICRS.
+error naming the notice source (a listener never lets a ``ValueError`` escape). Circles,
+ellipses and boxes become analytic localizations (exact, no pixels); ``ctx.tolerance`` and
+``ctx.max_order`` only set the pixels made on demand for export. Positions and radii are
+degrees ICRS.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from mmcross.model.plausibility import implausible_radius
 
 logger = logging.getLogger(__name__)
 
-#: Radii below this (deg, ~0.36 arcsec) are raised to it so that rasterisation stays finite.
+#: Radii below this (deg, ~0.36 arcsec) are raised to it (an exported rasterisation stays
+#: within HEALPix order 29).
 MIN_RADIUS_DEG = 1e-4
 
 
