@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 
-from mmcross.catalogs import mask_url
 from mmcross.model.config import Config
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from mmcross.app.web import serve
+    from mmcross.catalogs import mask_url  # SQLAlchemy: only when serving (fast --help)
 
     config = Config.load(args.config)
     url = args.db or config.get("store.url")
