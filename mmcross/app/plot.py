@@ -123,7 +123,17 @@ def zoom_region(loc: Localization, alerts_ra: Sequence[float] = (),
     """``(ra, dec, radius)`` in degrees ICRS of a cap holding the ``credible_level`` region's
     pixel centres and the given alert positions, with a 15% margin (at least 0.05 deg, at
     most 120 deg). Centred on the probability-weighted mean direction of the region, or on
-    the most probable pixel when the region is too spread out for a mean."""
+    the most probable pixel when the region is too spread out for a mean. An analytic region
+    uses its centre and the cap holding its credible region (no pixels made)."""
+    if loc.region is not None:
+        region = loc.region
+        mean = _unit(region.ra, region.dec).reshape(3)
+        reach = region.cap_radius(credible_level)
+        if len(alerts_ra):
+            points = _unit(alerts_ra, alerts_dec).reshape(-1, 3)
+            reach = max(reach, float(np.degrees(np.arccos(np.clip(points @ mean, -1, 1)))
+                                     .max()))
+        return region.ra % 360.0, region.dec, min(max(1.15 * reach, 0.05), 120.0)
     mask = loc.region_mask(credible_level)
     order, ipix = uniq_to_order_ipix(loc.uniq[mask])
     vec = np.empty((len(ipix), 3))
