@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import warnings
 
 import healpy as hp
@@ -401,8 +402,12 @@ def test_listen_serves_the_web_page_beside_the_service(tmp_path):
         [sys.executable, "-m", "mmcross", "-q", "listen", "--db", db, "--spool",
          str(tmp_path / "spool"), "--serve", "0"], cwd=REPO, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    first: list[str] = []
+    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(DEADLINE)
     try:
-        line = proc.stdout.readline()
+        line = first[0] if first else ""
         assert line.startswith("web page and JSON API: http://127.0.0.1:"), line
         url = line.split(": ", 1)[1].strip()
         with urllib.request.urlopen(url + "api/events", timeout=DEADLINE) as reply:
