@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from adc import kafka
 from hop import Stream
 from hop.auth import load_auth
 from hop.io import StartPosition
@@ -74,25 +76,44 @@ class HopListenSettings:
 class HopListener:
     """Reads notice topics from Hopskotch (one thread per URL) and parses each message.
 
+    Each thread opens its URL, reads it, and on any failure (broker unreachable, topic
+    missing, stream broken) logs it and opens it again after a back-off doubling from
+    ``backoff_min`` to ``backoff_max`` seconds, until :meth:`stop`.
+
     Args:
         settings: URLs, auth file, start position, group id.
         callback: called with each parsed :class:`Event` from the reading thread.
         options: keyword arguments of :func:`mmcross.listeners.parse_notice`.
 
+    Raises:
+        ConfigError: no URL, a URL not of hop's ``kafka://host/topic`` form, or an unreadable
+            auth file.
+
     ``stats`` counts ``messages``, ``events``, ``not_events``, ``bad_notices``,
-    ``callback_errors`` and ``stream_errors``.
+    ``callback_errors``, ``open_failures`` and ``stream_errors``.
     """
+
+    backoff_min = 1.0
+    backoff_max = 300.0
 
     def __init__(self, settings: HopListenSettings, callback: Callable[[Event], object], *,
                  options: dict[str, Any] | None = None) -> None:
         if not settings.urls:
             raise ConfigError("hop listener needs at least one kafka:// URL ([hop.listen] urls)")
+        for url in settings.urls:
+            try:
+                topics = kafka.parse_kafka_url(url)[2]
+            except ValueError as exc:
+                raise ConfigError(f"[hop.listen] {url}: {exc}") from exc
+            if not topics:
+                raise ConfigError(f"[hop.listen] {url}: no topic (kafka://host/topic)")
         self.settings = settings
         self.callback = callback
         self.options = dict(options or {})
         self.stats: Counter[str] = Counter()
-        self._auth = hop_auth(settings.auth)
-        self._consumers: list[Any] = []
+        self._stream = Stream(auth=hop_auth(settings.auth),
+                              start_at=_START[settings.start_at])
+        self._consumers: dict[str, Any] = {}
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -103,74 +124,84 @@ class HopListener:
                    options=notice_options(config))
 
     def start(self) -> HopListener:
-        """Open a consumer per URL (subscribing now) and read each in a daemon thread.
-
-        Raises:
-            ConfigError: a URL hop cannot open.
-        """
-        stream = Stream(auth=self._auth, start_at=_START[self.settings.start_at])
+        """Read each URL in a daemon thread (returns at once)."""
+        self._stop.clear()
         for url in self.settings.urls:
-            try:
-                consumer = stream.open(url, "r", group_id=self.settings.group_id or None)
-            except (ValueError, KeyError, RuntimeError) as exc:
-                raise ConfigError(f"[hop.listen] cannot open {url}: {exc}") from exc
-            self._consumers.append(consumer)
-            thread = threading.Thread(target=self._run, args=(url, consumer), daemon=True,
+            thread = threading.Thread(target=self._run, args=(url,), daemon=True,
                                       name="mmcross-hop-listener")
             self._threads.append(thread)
             thread.start()
-            log.info("reading GCN notices from Hopskotch %s", url)
         return self
 
-    def _run(self, url: str, consumer: Any) -> None:
-        try:
-            for payload, meta in consumer.read_raw(metadata=True):
-                self.handle(payload, meta.topic, f"hop://{meta.topic}/{meta.partition}/"
-                                                 f"{meta.offset}")
-        except Exception:  # noqa: BLE001 - the stream died: say so, the service goes on
-            with self._lock:
-                self.stats["stream_errors"] += 1
-            if not self._stop.is_set():
-                log.exception("hop stream %s stopped", url)
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self.stats[name] += 1
+
+    def _run(self, url: str) -> None:
+        backoff = self.backoff_min
+        while not self._stop.is_set():
+            try:
+                consumer = self._stream.open(url, "r", group_id=self.settings.group_id or None)
+            except Exception as exc:  # noqa: BLE001 - unreachable, missing topic...: retry
+                self._count("open_failures")
+                log.warning("cannot open Hopskotch %s (%s); retry in %.0f s", url, exc, backoff)
+            else:
+                log.info("reading GCN notices from Hopskotch %s", url)
+                with self._lock:
+                    self._consumers[url] = consumer
+                try:
+                    if not self._stop.is_set():
+                        for payload, meta in consumer.read_raw(metadata=True):
+                            backoff = self.backoff_min
+                            self.handle(payload, meta.topic, f"hop://{meta.topic}/"
+                                                             f"{meta.partition}/{meta.offset}")
+                except Exception:  # noqa: BLE001 - the stream broke: say so, open it again
+                    self._count("stream_errors")
+                    log.exception("Hopskotch stream %s broke; reopening in %.0f s", url,
+                                  backoff)
+                finally:
+                    with self._lock:
+                        self._consumers.pop(url, None)
+                    consumer.close()
+            if self._stop.wait(backoff):
+                return
+            backoff = min(2 * backoff, self.backoff_max)
 
     def handle(self, payload: bytes | None, topic: str, source: str) -> None:
         """Parse one message and hand its event to the callback (refusals are logged)."""
-        with self._lock:
-            self.stats["messages"] += 1
+        self._count("messages")
         try:
             if not payload:
                 raise MmcrossError(f"{source}: empty notice message")
             event = parse_notice(payload, topic=topic, source=source, **self.options)
         except NotAnEventError as exc:
-            with self._lock:
-                self.stats["not_events"] += 1
+            self._count("not_events")
             log.debug("hop message is not an event: %s", exc)
             return
         except MmcrossError as exc:
-            with self._lock:
-                self.stats["bad_notices"] += 1
+            self._count("bad_notices")
             log.warning("refused hop notice: %s", exc)
             return
-        with self._lock:
-            self.stats["events"] += 1
+        self._count("events")
         try:
             self.callback(event)
         except Exception:  # noqa: BLE001 - a failing consumer must not stop the listener
-            with self._lock:
-                self.stats["callback_errors"] += 1
+            self._count("callback_errors")
             log.exception("hop notice callback failed on %s", event.event_id)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop every consumer loop, wait up to ``timeout`` s per thread, close them."""
-        self._stop.set()
-        for consumer in self._consumers:
-            consumer.stop()
-        for thread in self._threads:
-            thread.join(timeout)
-        for consumer in self._consumers:
-            try:
-                consumer.close()
-            except RuntimeError as exc:
-                log.warning("closing a hop consumer: %s", exc)
-        self._consumers, self._threads = [], []
+        """Stop every reading thread, waiting up to ``timeout`` s in all.
 
+        A consumer's stop is repeated while its thread lives: one opened just now may not
+        have entered its read loop yet, which clears the request.
+        """
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            while thread.is_alive() and time.monotonic() < deadline:
+                with self._lock:
+                    consumers = list(self._consumers.values())
+                for consumer in consumers:
+                    consumer.stop()
+                thread.join(0.5)
+        self._threads = [t for t in self._threads if t.is_alive()]

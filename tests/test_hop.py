@@ -102,6 +102,32 @@ def test_hop_input_parses_a_real_lvk_notice_and_skips_tests_and_garbage(
     assert listener.stats["messages"] == 2 and listener.stats["bad_notices"] == 1
 
 
+
+@pytest.mark.kafka
+def test_hop_input_opens_again_until_its_topic_exists(kafka_broker, shared_file) -> None:
+    topic = f"gcn.classic.voevent.SWIFT_BAT_GRB_POS_ACK.late-{uuid.uuid4().hex[:8]}"
+    url = _url(kafka_broker, topic)
+    got: list[Event] = []
+    arrived = threading.Event()
+    listener = HopListener(HopListenSettings(urls=(url,), start_at="earliest"),
+                           lambda e: (got.append(e), arrived.set()))
+    listener.backoff_min = listener.backoff_max = 0.2
+    listener.start()
+    try:
+        wait_for(lambda: listener.stats["open_failures"] >= 1, "a refused open (no topic)")
+        create_topics(kafka_broker, [topic], partitions=1)
+        _publish(url, [(Blob(shared_file(BAT).read_bytes()), False)])
+        assert arrived.wait(DEADLINE), "no event once the topic exists"
+    finally:
+        listener.stop()
+    assert [e.event_id for e in got] == ["swift:1208389"]
+
+
+def test_hop_input_refuses_urls_that_are_not_hop_urls() -> None:
+    for url in ("http://kafka.scimma.org/igwn.gwalert", "kafka://kafka.scimma.org"):
+        with pytest.raises(ConfigError, match="hop.listen"):
+            HopListener(HopListenSettings(urls=(url,)), lambda e: None)
+
 @pytest.mark.kafka
 def test_hop_output_records_read_back_by_hop_field_by_field(kafka_broker) -> None:
     topic = f"mmcross.counterparts.hop-{uuid.uuid4().hex[:8]}"
