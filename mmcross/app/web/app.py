@@ -76,12 +76,16 @@ class ErrorOut(BaseModel):
 _TIME_HELP = "ISO 8601 UTC (2023-05-18T12:59:08Z) or MJD TAI (60082.54)"
 TIME_PATTERN = r"^(\d+(\.\d+)?|\d{4}-\d\d-\d\d([T ]\d\d:\d\d(:\d\d(\.\d+)?)?Z?)?)$"
 """What a time parameter looks like (the calendar and the MJD range are checked after)."""
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut,
+                                                    "description": "unknown event"}}
+PAGE_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"content": {"text/html": {}}, "description": "unknown event (HTML page)"}}
+_SORTABLE = ((PageSort.TIME_OFFSET, "\u0394t (days)"), (PageSort.CREDIBLE_LEVEL, "credible level"),
+             (PageSort.P_CHANCE, "p_chance"), (PageSort.DISTANCE, "distance (Mpc)"))
 
 
 def _time_query(what: str) -> Any:
     return Query(pattern=TIME_PATTERN, description=f"{what}: {_TIME_HELP}")
-
-
 
 
 def _mjd(name: str, text: str | None) -> float | None:
@@ -93,12 +97,6 @@ def _mjd(name: str, text: str | None) -> float | None:
     except ValueError as exc:
         raise RequestValidationError([{"type": "value_error", "loc": ("query", name),
                                        "msg": str(exc), "input": text}]) from exc
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut,
-                                                    "description": "unknown event"}}
-PAGE_NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"content": {"text/html": {}}, "description": "unknown event (HTML page)"}}
-_SORTABLE = ((PageSort.TIME_OFFSET, "\u0394t (days)"), (PageSort.CREDIBLE_LEVEL, "credible level"),
-             (PageSort.P_CHANCE, "p_chance"), (PageSort.DISTANCE, "distance (Mpc)"))
 
 
 def _missing(event_id: str) -> str:
