@@ -15,7 +15,7 @@ import numba
 import numpy as np
 
 from mmcross.model.alert import AlertBatch
-from mmcross.model.history import AlertHistory
+from mmcross.model.history import AlertHistory, SortedRun
 from mmcross.model.localization import Localization
 
 
@@ -66,19 +66,27 @@ def range_hits(pix: np.ndarray, mjd_tai: np.ndarray, starts: np.ndarray, ends: n
                         float(start_mjd_tai), float(end_mjd_tai))
 
 
-def history_in_ranges(history: AlertHistory, starts: np.ndarray, ends: np.ndarray,
-                      start_mjd_tai: float, end_mjd_tai: float) -> AlertBatch:
-    """The remembered alerts inside the order-29 ranges and the time interval (MJD TAI,
-    edges included; expired alerts never), as one batch without packets."""
+def history_hits(history: AlertHistory, starts: np.ndarray, ends: np.ndarray,
+                 start_mjd_tai: float, end_mjd_tai: float) -> list[tuple[SortedRun, np.ndarray]]:
+    """(run, rows) of the remembered alerts inside the order-29 ranges and the time interval
+    (MJD TAI, edges included; expired alerts never), runs without hits left out."""
     start_mjd_tai = max(start_mjd_tai, history.oldest_kept_mjd_tai)
-    parts = []
+    out = []
     for run in history.runs:
         if run.tmax < start_mjd_tai or run.tmin > end_mjd_tai:
             continue
         rows = range_hits(run.pix, run.mjd_tai, starts, ends, start_mjd_tai, end_mjd_tai)
         if len(rows):
-            parts.append(history.batch_of(run, rows))
-    out = AlertBatch.concatenate(parts)
+            out.append((run, rows))
+    return out
+
+
+def history_in_ranges(history: AlertHistory, starts: np.ndarray, ends: np.ndarray,
+                      start_mjd_tai: float, end_mjd_tai: float) -> AlertBatch:
+    """The remembered alerts of :func:`history_hits` as one batch without packets."""
+    out = AlertBatch.concatenate([
+        history.batch_of(run, rows)
+        for run, rows in history_hits(history, starts, ends, start_mjd_tai, end_mjd_tai)])
     out.packets = out.sources = None
     return out
 
@@ -88,9 +96,10 @@ def retro_candidates(history: AlertHistory, localization: Localization | None,
                      end_mjd_tai: float) -> AlertBatch:
     """The remembered alerts that may match a newly announced localization in the time
     interval (MJD TAI): for a multi-order sky map, those inside its pixels at credible level
-    at most ``max_credible_level`` (range search); otherwise every alert of the interval.
-    The matcher scores them (and decides: this is a superset of its matches)."""
-    if not isinstance(localization, Localization):
+    at most ``max_credible_level`` (range search); for an analytic region (evaluated in
+    closed form by the matcher, never rasterised here) every alert of the interval. The
+    matcher scores them (and decides: this is a superset of its matches)."""
+    if not isinstance(localization, Localization) or localization.region is not None:
         return history.between(start_mjd_tai, end_mjd_tai)
     starts, ends = credible_ranges(localization, max_credible_level)
     return history_in_ranges(history, starts, ends, start_mjd_tai, end_mjd_tai)

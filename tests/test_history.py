@@ -152,3 +152,16 @@ def test_range_hits_edges_and_expired_alerts():
     assert len(got) == 0
     got = history_in_ranges(h, np.array([0]), np.array([12 * 4**29]), 60000.5, 60000.5)
     assert sorted(got.alert_id.tolist()) == [2, 3]  # time edges included
+
+
+def test_an_analytic_region_takes_the_time_slice_without_rasterising():
+    from mmcross.model.regions import FisherCircle
+
+    def rasterise():
+        raise AssertionError("the retro path must not rasterise an analytic region")
+
+    loc = Localization.from_region(FisherCircle(ra=10.0, dec=-20.0, radius=2.0), rasterise)
+    h = AlertHistory(horizon_days=10, max_alerts=1000)
+    h.add(_batch(60000.0, 11))
+    got = retro_candidates(h, loc, 0.9, 60000.03, 60000.07)
+    assert np.array_equal(got.alert_id, h.between(60000.03, 60000.07).alert_id)
