@@ -286,3 +286,25 @@ def test_lvk_combined_map_area_is_ligo_skymaps(shared_file):
     expected = float(np.sum(area[cl <= 0.9]))
     assert gw.significance["external_coinc"]["combined_skymap_area90"] == \
         pytest.approx(expected, rel=0.02)
+
+
+def test_restart_keeps_coincidences_and_a_later_retraction_revokes_them(shared_file, tmp_path,
+                                                                        gw, peak):
+    from mmcross.catalogs import Store
+
+    db = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    ext = grb(shared_file, tmp_path, gw, peak, -1.74)
+    first = Engine(Config.load(), store=Store(db))
+    first.on_notice(gw)
+    (c,) = first.on_notice(ext).coincidences
+    first.close()
+    sink = Collect()
+    second = Engine(Config.load(), store=Store(db), sinks=[sink], coincidence_sinks=[sink])
+    second.restore()
+    assert second.live_coincidences == [c]
+    assert c.coincidence_id in second.index
+    second.on_notice(replace(ext, action=NoticeAction.RETRACT, localization=None, raw=b"x",
+                             notice_time=ext.notice_time + TimeDelta(60, format="sec")))
+    assert sink.coincidences == [replace(c, retracted=True)]
+    assert c.coincidence_id not in second.index
+    second.close()

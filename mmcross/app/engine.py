@@ -110,6 +110,12 @@ class Engine:
             self.matcher.upsert(event)
             if self.coincidences is not None:
                 self.coincidences.observe(event)
+            if event.kind is EventKind.COINCIDENCE and "coincidence" in event.significance:
+                saved = dict(event.significance["coincidence"])
+                if saved.get("far_threshold") is None:  # -inf (never published) as JSON null
+                    saved["far_threshold"] = float("-inf")
+                record = Coincidence.from_record(saved)
+                self._coincidences[record.coincidence_id] = record
             self._matches[event.event_id] = {
                 m.alert_id: m for m in self.store.matches(event.event_id, include_retracted=False)
                 if m.event_revision == event.revision
@@ -261,9 +267,8 @@ class Engine:
             notice_time=newest.notice_time if newest.notice_time is not None
             else newest.trigger_time,
             significance={"parents": list(record.parents),
-                          "temporal_far": record.temporal_far,
-                          "spacetime_far": _finite(record.spacetime_far),
-                          "publishable": record.publishable},
+                          "coincidence": {k: _finite(v) if isinstance(v, float) else v
+                                          for k, v in record.to_record().items()}},
             source=f"coincidence of {record.gw_event_id} r{record.gw_revision} and "
                    f"{record.ext_event_id} r{record.ext_revision}")
         return self._apply_notice(event).reports
@@ -322,4 +327,4 @@ class Engine:
 
 def _finite(x: float | None) -> float | None:
     """``x`` unless it is infinite (JSON has no infinity): ``None`` then."""
-    return x if x is None or x != float("inf") else None
+    return x if x is None or abs(x) != float("inf") else None
