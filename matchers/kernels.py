@@ -99,6 +99,13 @@ def unlink_slots(head: np.ndarray, slots: np.ndarray, slot_head: np.ndarray,
         slot_head[s] = -1
 
 
+@njit(cache=True)
+def _grow1(a: np.ndarray, n: int, cap: int) -> np.ndarray:
+    out = np.empty(cap, a.dtype)
+    out[:n] = a[:n]
+    return out
+
+
 @njit(cache=True, error_model="numpy")
 def unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
     """(n, 3) unit vectors of positions in degrees ICRS."""
@@ -144,15 +151,16 @@ def match_kernel(ipix: np.ndarray, vec: np.ndarray, mjd: np.ndarray, levels: np.
         capacity: initial size of the outputs (they grow by doubling when full).
 
     Returns:
-        ``(alert_index, event_index, values)``: int64 arrays in the order of the alerts and
-        float64 ``(5, m)`` credible level, searched area (deg^2), density (per deg^2),
-        distance mean and std (Mpc, NaN without).
+        ``(alert_index, event_index, values)`` (views into the output buffers): int64
+        arrays in the order of the alerts and float64 ``(5, m)`` credible level, searched
+        area (deg^2), density (per deg^2), distance mean and std (Mpc, NaN without).
     """
     sr_to_deg2 = (180.0 / math.pi) ** 2
     n = ipix.shape[0]
     cap = max(16, capacity)
-    idx = np.empty((cap, 2), np.int64)
-    out = np.empty((cap, 5), np.float64)
+    ai = np.empty(cap, np.int64)
+    ei = np.empty(cap, np.int64)
+    out = np.empty((5, cap), np.float64)
     m = 0
     for i in range(n):
         x = ipix[i]
@@ -194,18 +202,17 @@ def match_kernel(ipix: np.ndarray, vec: np.ndarray, mjd: np.ndarray, levels: np.
                     d_mean, d_std = np.nan, np.nan
                 if m == cap:
                     cap *= 2
-                    grown = np.empty((cap, 2), np.int64)
-                    grown[:m] = idx[:m]
-                    idx = grown
-                    grown_out = np.empty((cap, 5), np.float64)
-                    grown_out[:m] = out[:m]
-                    out = grown_out
-                idx[m, 0] = i
-                idx[m, 1] = e
-                out[m, 0] = cl
-                out[m, 1] = area
-                out[m, 2] = dens
-                out[m, 3] = d_mean
-                out[m, 4] = d_std
+                    ai = _grow1(ai, m, cap)
+                    ei = _grow1(ei, m, cap)
+                    grown = np.empty((5, cap), np.float64)
+                    grown[:, :m] = out[:, :m]
+                    out = grown
+                ai[m] = i
+                ei[m] = e
+                out[0, m] = cl
+                out[1, m] = area
+                out[2, m] = dens
+                out[3, m] = d_mean
+                out[4, m] = d_std
                 m += 1
-    return idx[:m, 0].copy(), idx[:m, 1].copy(), out[:m].T.copy()
+    return ai[:m], ei[:m], out[:, :m]
