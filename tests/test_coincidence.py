@@ -308,3 +308,40 @@ def test_restart_keeps_coincidences_and_a_later_retraction_revokes_them(shared_f
     assert sink.coincidences == [replace(c, retracted=True)]
     assert c.coincidence_id not in second.index
     second.close()
+
+
+@pytest.mark.parametrize("notice,pipeline,search,dt_s", [
+    ("gcn/voevent/fink-mm/IceCube_BRONZE_136918_45252263.xml", "IceCube", "HEN", 8.0),
+    ("gcn/voevent/fink-mm-kafka-2024-01/Swift_BAT_GRB_Pos_1208389-262.xml", "Swift", "GRB",
+     -3.0),
+])
+def test_neutrino_and_swift_fars_are_ligo_ravens(shared_file, tmp_path, gw, peak, gwcelery,
+                                                notice, pipeline, search, dt_s):
+    """Real IceCube and Swift notices placed in S230518h's windows: gwcelery's window and
+    rate for the search, ligo-raven's coinc_far (HEN as GRB, as gwcelery calls it) and
+    overlap with gwcelery's Gaussian map of the notice."""
+    path = tmp_path / "ext.xml"
+    path.write_bytes(place_voevent(shared_file(notice).read_bytes(),
+                                   gw.trigger_time - TimeDelta(dt_s, format="sec"),
+                                   peak[0] + 1.0, peak[1], 60.0))
+    ext = read_notice_file(path)
+    engine = Engine(Config.load())
+    engine.on_notice(gw)
+    (c,) = engine.on_notice(ext).coincidences
+    assert (c.ext_pipeline, c.ext_search) == (pipeline, search)
+    tl, th = gwcelery["raven"]._time_window(ext.event_id, "CBC", [pipeline], [search],
+                                            ["AllSky"])
+    assert (c.window_lo, c.window_hi) == (tl, th)
+    temporal = raven_search.coinc_far(
+        "S230518h", "E1", tl, th, grb_search="GRB", gracedb=object(),
+        se_dict={"preferred_event": "G1", "far": gw.significance["far"], "t_0": 0.0},
+        ext_dict={"pipeline": pipeline, "gpstime": 0.0},
+        em_rate=gwcelery["conf"].raven_ext_rates[search])["temporal_coinc_far"]
+    table = skymap_fits.read_sky_map(str(shared_file(GW_MAP)), moc=True)
+    ext_map = gwcelery["skymaps"].create_external_skymap(ext.ra, ext.dec, ext.error_radius,
+                                                         pipeline)
+    overlap = raven_search.skymap_overlap_integral(
+        table["PROBDENSITY"], ext_map["PROBDENSITY"], table["UNIQ"], ext_map["UNIQ"])
+    assert c.temporal_far == pytest.approx(temporal, rel=RTOL)
+    assert c.overlap == pytest.approx(overlap, rel=RTOL)
+    assert c.spacetime_far == pytest.approx(temporal / overlap, rel=RTOL)
