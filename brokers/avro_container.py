@@ -204,7 +204,6 @@ def iter_blocks(buf: np.ndarray, header: ContainerHeader, source: str
     """
     decompress = _DECOMPRESS[header.codec]
     raw = memoryview(buf)
-    sync = np.frombuffer(header.sync, np.uint8)
     pos = header.data_start
     first = 0
     n = len(buf)
@@ -218,7 +217,7 @@ def iter_blocks(buf: np.ndarray, header: ContainerHeader, source: str
             if p + size + SYNC_SIZE > n:
                 raise ValueError(f"cut: block of {size} bytes at byte {p} runs past the "
                                  f"{n}-byte file")
-            if not np.array_equal(buf[p + size:p + size + SYNC_SIZE], sync):
+            if raw[p + size:p + size + SYNC_SIZE] != header.sync:
                 raise ValueError(f"no sync marker after the block at byte {p}")
             block = Block(buf, p, p + size, first, count) if decompress is None else Block(
                 np.frombuffer(decompress(raw[p:p + size]), np.uint8), 0, -1, first, count)
