@@ -7,7 +7,8 @@ read through :meth:`mmcross.catalogs.store.Store.load_event`, so this module doe
 on how the store keeps them.
 
 Units: times are ISO 8601 UTC strings and MJD TAI (days); areas deg^2; distances Mpc;
-``time_offset`` days (alert minus trigger); FAR Hz.
+``time_offset`` days (alert minus trigger); FAR Hz (converted from per year when a notice
+gives it so).
 
 An event's **status**, as of the store's stream time (the newest stored alert, MJD TAI; the
 wall clock when no alert is stored), is the first that applies of:
@@ -184,13 +185,21 @@ def _now_mjd_tai() -> float:
     return float(Time.now().tai.mjd)
 
 
-def _far(significance: Mapping[str, Any]) -> float | None:
-    value = significance.get("far")
-    try:
-        far = float(value)
-    except (TypeError, ValueError):
-        return None
-    return far if far == far and far >= 0 else None  # NaN and negative: no FAR
+SECONDS_PER_YEAR = 365.25 * 86400.0
+"""Julian year, seconds (FARs given per year)."""
+
+
+def far_hz(significance: Mapping[str, Any]) -> float | None:
+    """The notice's false-alarm rate in Hz: ``far`` (Hz, GW notices) or ``far_per_year``
+    (IceCube's ``FAR``, per year); ``None`` when it gave none."""
+    for key, scale in (("far", 1.0), ("far_per_year", 1.0 / SECONDS_PER_YEAR)):
+        try:
+            far = float(significance[key]) * scale
+        except (KeyError, TypeError, ValueError):
+            continue
+        if far == far and far >= 0:  # NaN and negative: no FAR
+            return far
+    return None
 
 
 class Catalog:
@@ -310,7 +319,7 @@ class Catalog:
                 revisions=int(n_revisions or 0),
                 status=self.status(kind, float(trigger_tai), int(revision), bool(retracted),
                                    now),
-                far=_far(significance), significance=significance, first_notice_time=first,
+                far=far_hz(significance), significance=significance, first_notice_time=first,
                 last_notice_time=last, matches=int(n_live or 0),
                 matches_revoked=int(n_dead or 0), sky=self.sky(event_id, int(revision))))
         return out

@@ -19,7 +19,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
-from lxml import html
+from lxml import etree, html
 
 from mmcross.catalogs import Store
 from mmcross.model.config import Config
@@ -122,6 +122,12 @@ def test_api_events_have_status_far_area_and_distance_from_the_notices(client, s
     assert swift["area90"] == pytest.approx(2 * np.pi * (1 - np.cos(np.radians(r)))
                                             * (180 / np.pi) ** 2, rel=2e-2)
     assert swift["distance_mean"] is None and swift["far"] is None
+    # IceCube gives its FAR per year (VOEvent Param FAR, unit yr^-1): the API says Hz
+    voevent = etree.parse(str(shared_file(WEB_NOTICES[0][0])))
+    per_year = float(voevent.xpath("//Param[@name='FAR']/@value")[0])
+    assert voevent.xpath("//Param[@name='FAR']/@unit")[0] == "yr^-1"
+    assert by_id["icecube:136918_45252263"]["far"] == pytest.approx(
+        per_year / (365.25 * 86400), rel=1e-12)
 
 
 @pytest.mark.parametrize("status", ["live", "updated", "retracted", "expired"])
@@ -240,7 +246,10 @@ def test_index_lists_every_event_with_its_status(client):
         assert cells[0] == event["event_id"] and cells[-1] == event["status"]
         assert row.xpath(".//a/@href")[0] == f"/events/{event['event_id']}"
     gw = next(r for r in rows if r.get("data-event-id") == "lvk:S230518h")
-    assert "FAR 3.22e-10 Hz" in gw.text_content()
+    assert "FAR 3.22e-10 Hz (1 per 98.5 yr)" in gw.text_content()
+    assert "NSBH 0.86" in gw.text_content()  # the notice's most probable class
+    icecube = next(r for r in rows if r.get("data-event-id") == "icecube:136918_45252263")
+    assert "1 per 0.533 yr" in icecube.text_content()  # FAR 1.8772 per year
     assert "\u00b1" in gw.text_content()  # distance mean ± std
 
 

@@ -6,13 +6,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from mmcross.catalogs.queries import EventSummary, SkySummary
-
-SECONDS_PER_YEAR = 365.25 * 86400.0
-"""Julian year, seconds (for FAR in Hz as "1 per N years")."""
+from mmcross.catalogs.queries import SECONDS_PER_YEAR, EventSummary, SkySummary, far_hz
 
 #: Significance fields shown beside the FAR, in this order, when the notice gives a number.
-SHOWN = ("signalness", "p_astro", "snr", "significance", "rate_snr", "reliability", "sigma")
+SHOWN = ("signalness", "p_astro", "snr", "rate_snr", "image_snr", "significance",
+         "reliability", "sigma")
 
 
 def utc(iso: str | None) -> str:
@@ -46,15 +44,21 @@ def distance(sky: SkySummary | None) -> str:
 
 
 def significance_of(fields: Mapping[str, Any]) -> str:
-    """The FAR (Hz and "1 per N yr") and the numeric significance fields a notice gave."""
+    """The FAR (Hz and "1 per N yr"), the numeric significance fields a notice gave and
+    its most probable source classes (GW ``classification``)."""
     parts = []
-    far = fields.get("far")
-    if isinstance(far, int | float) and math.isfinite(far) and far > 0:
+    far = far_hz(fields)
+    if far is not None and math.isfinite(far) and far > 0:
         parts.append(f"FAR {far:.3g} Hz (1 per {1.0 / (far * SECONDS_PER_YEAR):.3g} yr)")
     for key in SHOWN:
         value = fields.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool):
             parts.append(f"{key} {value:.3g}")
+    classes = fields.get("classification")
+    if isinstance(classes, Mapping):
+        ranked = sorted(((float(v), str(k)) for k, v in classes.items()
+                         if isinstance(v, int | float) and v >= 0.01), reverse=True)
+        parts += [f"{name} {p:.2g}" for p, name in ranked[:3]]
     return ", ".join(parts)
 
 
