@@ -345,3 +345,16 @@ def test_neutrino_and_swift_fars_are_ligo_ravens(shared_file, tmp_path, gw, peak
     assert c.temporal_far == pytest.approx(temporal, rel=RTOL)
     assert c.overlap == pytest.approx(overlap, rel=RTOL)
     assert c.spacetime_far == pytest.approx(temporal / overlap, rel=RTOL)
+
+
+def test_gw_without_sky_map_gives_temporal_far_only(shared_file, tmp_path, gw, peak):
+    """An LVK VOEvent carries its map by URL only: the pair keeps its temporal FAR, has no
+    space-time FAR nor combined map, and gwcelery does not publish it."""
+    no_map = replace(gw, localization=None)
+    engine = Engine(Config.load())
+    engine.on_notice(no_map)
+    (c,) = engine.on_notice(grb(shared_file, tmp_path, gw, peak, -1.74)).coincidences
+    assert c.temporal_far is not None
+    assert (c.spacetime_far, c.overlap, c.combined_area90) == (None, None, None)
+    assert not c.publishable
+    assert c.coincidence_id not in engine.index
