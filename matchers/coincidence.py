@@ -140,17 +140,24 @@ class CoincidenceSearch:
     # ------------------------------------------------------------------ windows
     def time_window(self, gw: Event, spec: ExternalSpec) -> tuple[float, float]:
         """Bounds (s) on t_GW - t_ext for this GW event and external search, as gwcelery's
-        ``raven._time_window`` chooses them (cWB BBH takes the CBC windows).
+        ``raven._time_window`` chooses them (cWB BBH takes the CBC windows). As gwcelery's
+        ``external_triggers`` launches them, Burst candidates of other searches than AllSky
+        and BBH (IMBH) are not searched, and SNEWS only against Burst AllSky candidates.
 
         Raises:
             ConfigError: no window for this combination (e.g. a GW without a group).
         """
         group = str(gw.significance.get("group", "")).upper()
-        cbc = group == "CBC" or str(gw.significance.get("search", "")).upper() == "BBH"
+        gw_search = str(gw.significance.get("search", "")).upper()
+        cbc = group == "CBC" or gw_search == "BBH"
         burst = group == "BURST"
         w = self.windows
+        if burst and gw_search not in ("ALLSKY", "BBH"):
+            raise ConfigError(f"{gw.event_id}: Burst {gw_search} candidates are not searched")
         if spec.pipeline == "SNEWS":
-            return w["SNEWS"]
+            if burst and gw_search == "ALLSKY":
+                return w["SNEWS"]
+            raise ConfigError(f"{gw.event_id}: SNEWS is searched against Burst AllSky only")
         if spec.search == "HEN" or spec.pipeline == "IceCube":
             if cbc or burst:
                 return w["IceCube_CBC"] if cbc else w["IceCube_burst"]

@@ -25,6 +25,7 @@ from mmcross.listeners import read_notice_file
 from mmcross.matchers.coincidence import CoincidenceSearch, ExternalSpec
 from mmcross.model.alert import AlertBatch
 from mmcross.model.config import Config
+from mmcross.model.errors import ConfigError
 from mmcross.model.event import EventKind, NoticeAction
 from mmcross.model.localization import uniq_to_order_ipix
 from tests.helpers import GBM_NOTICE, GW_NOTICE, gwcelery_module
@@ -101,6 +102,16 @@ def test_window_is_gwcelerys_from_either_side(gwcelery, gw, group, gw_search, pi
     from_gw = gwcelery["raven"]._time_window("S1", group, [pipeline], [search], [gw_search])
     assert mine == tuple(from_ext)
     assert (-mine[1], -mine[0]) == tuple(from_gw)
+
+
+@pytest.mark.parametrize("group,gw_search,pipeline,search", [
+    ("CBC", "AllSky", "SNEWS", "Supernova"), ("Burst", "IMBH", "Fermi", "GRB")])
+def test_searches_gwcelery_does_not_launch_have_no_window(gw, group, gw_search, pipeline,
+                                                          search):
+    with pytest.raises(ConfigError):
+        CoincidenceSearch(Config.load()).time_window(
+            replace(gw, significance={"group": group, "search": gw_search}),
+            ExternalSpec(pipeline, search))
 
 
 def test_configuration_is_gwcelerys(gwcelery):
