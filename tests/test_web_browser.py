@@ -127,7 +127,7 @@ def test_index_then_event_page_sort_counterparts_and_sky_map(served, browser, tm
 
     keep = os.environ.get("MMCROSS_WEB_SCREENSHOT")
     target = Path(keep) if keep else tmp_path / "event-page.png"
-    page.set_viewport_size({"width": 1100, "height": 1250})
+    page.set_viewport_size({"width": 1280, "height": 1350})
     page.evaluate("window.scrollTo(0, 0)")
     image = Image.open(io.BytesIO(page.screenshot(timeout=MS)))
     image.convert("RGB").quantize(colors=128).save(target, optimize=True)
