@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import quote
 
 from astropy.time import Time
-from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -82,7 +82,9 @@ class EventSummary:
 
     ``trigger_time`` is ISO UTC, ``trigger_mjd_tai`` MJD TAI; ``far`` the false-alarm rate
     (Hz) when the notice gave one; ``significance`` the notice's significance fields;
-    ``sky`` is ``None`` when no revision carried a sky map.
+    ``matches``/``matches_revoked``: alerts whose current record (see
+    :meth:`Catalog.matches`) is live / revoked; ``sky`` is ``None`` when no revision carried
+    a sky map.
     """
 
     event_id: str
@@ -202,6 +204,19 @@ def far_hz(significance: Mapping[str, Any]) -> float | None:
     return None
 
 
+def _current_matches(event_id: str | None) -> Select[tuple[MatchRow]]:
+    """The current record of each (event, alert): the match row of the latest revision that
+    matched the alert (of one event if ``event_id``)."""
+    latest = select(MatchRow.event_id, MatchRow.alert_id,
+                    func.max(MatchRow.event_revision).label("revision"))
+    if event_id is not None:
+        latest = latest.where(MatchRow.event_id == event_id)
+    latest_q = latest.group_by(MatchRow.event_id, MatchRow.alert_id).subquery()
+    return select(MatchRow).join(latest_q, and_(MatchRow.event_id == latest_q.c.event_id,
+                                                MatchRow.alert_id == latest_q.c.alert_id,
+                                                MatchRow.event_revision == latest_q.c.revision))
+
+
 class Catalog:
     """Read-only view of a store for the web page and JSON API.
 
@@ -252,7 +267,11 @@ class Catalog:
         """The status of an event (see the module docstring) at ``now_mjd_tai`` (MJD TAI)."""
         if retracted:
             return EventStatus.RETRACTED
-        if now_mjd_tai > trigger_mjd_tai + self.config.time_window(kind).after:
+        try:
+            after = self.config.time_window(kind).after
+        except (ValueError, KeyError):  # a kind this configuration does not know
+            after = self.config.longest_window_days
+        if now_mjd_tai > trigger_mjd_tai + after:
             return EventStatus.EXPIRED
         return EventStatus.UPDATED if revision > 1 else EventStatus.LIVE
 
@@ -270,29 +289,25 @@ class Catalog:
             conditions.append(EventRow.trigger_mjd_tai >= float(flt.since))
         if flt.until is not None:
             conditions.append(EventRow.trigger_mjd_tai <= float(flt.until))
-        if flt.status is EventStatus.RETRACTED:
-            conditions.append(EventRow.retracted.is_(True))
-        elif flt.status is not None:
-            conditions.append(EventRow.retracted.is_(False))
-        rows = self._summaries(conditions, None if flt.status else flt.limit)
-        if flt.status is not None:
-            rows = [r for r in rows if r.status is flt.status][:flt.limit]
-        return rows
+        return self._summaries(conditions, flt.limit, flt.status)
 
     def event(self, event_id: str) -> EventSummary | None:
         """One event, or ``None`` when the store does not know it."""
-        rows = self._summaries([EventRow.event_id == event_id], 1)
+        rows = self._summaries([EventRow.event_id == event_id], 1, None)
         return rows[0] if rows else None
 
-    def _summaries(self, conditions: list[ColumnElement[bool]],
-                   limit: int | None) -> list[EventSummary]:
+    def _summaries(self, conditions: list[ColumnElement[bool]], limit: int,
+                   status: EventStatus | None) -> list[EventSummary]:
+        """Events meeting ``conditions`` and of ``status`` (any if ``None``), newest trigger
+        first, at most ``limit``; sky summaries are read only for those returned."""
         rev = EventRevisionRow
         n_rev = (select(rev.event_id, func.count().label("n")).group_by(rev.event_id)
                  .subquery())
-        live = (select(MatchRow.event_id, func.count().label("n"))
-                .where(MatchRow.retracted.is_(False)).group_by(MatchRow.event_id).subquery())
-        dead = (select(MatchRow.event_id, func.count().label("n"))
-                .where(MatchRow.retracted.is_(True)).group_by(MatchRow.event_id).subquery())
+        current = _current_matches(None).subquery()
+        live = (select(current.c.event_id, func.count().label("n"))
+                .where(current.c.retracted.is_(False)).group_by(current.c.event_id).subquery())
+        dead = (select(current.c.event_id, func.count().label("n"))
+                .where(current.c.retracted.is_(True)).group_by(current.c.event_id).subquery())
         stmt = (select(EventRow.event_id, EventRow.kind, EventRow.instrument,
                        EventRow.trigger_time_utc, EventRow.trigger_mjd_tai,
                        EventRow.latest_revision, EventRow.retracted,
@@ -305,23 +320,31 @@ class Catalog:
                 .outerjoin(dead, dead.c.event_id == EventRow.event_id)
                 .where(*conditions)
                 .order_by(EventRow.trigger_mjd_tai.desc(), EventRow.event_id))
-        if limit is not None:
+        if status is None:
             stmt = stmt.limit(limit)
-        rows = self._read("listing events", stmt)
+        elif status is EventStatus.RETRACTED:
+            stmt = stmt.where(EventRow.retracted.is_(True))
+        else:
+            stmt = stmt.where(EventRow.retracted.is_(False))
         now = self.stream_time()
+        kept = []
+        for row in self._read("listing events", stmt):
+            state = self.status(row[1], float(row[4]), int(row[5]), bool(row[6]), now)
+            if status is None or state is status:
+                kept.append((row, state))
+            if len(kept) == limit:
+                break
         out = []
-        for (event_id, kind, instrument, trigger, trigger_tai, revision, retracted, first, last,
-             significance, n_revisions, n_live, n_dead) in rows:
+        for (event_id, kind, instrument, trigger, trigger_tai, revision, _retracted, first, last,
+             significance, n_revisions, n_live, n_dead), state in kept:
             significance = dict(significance or {})
             out.append(EventSummary(
                 event_id=event_id, kind=kind, instrument=instrument, trigger_time=trigger,
                 trigger_mjd_tai=float(trigger_tai), revision=int(revision),
-                revisions=int(n_revisions or 0),
-                status=self.status(kind, float(trigger_tai), int(revision), bool(retracted),
-                                   now),
-                far=far_hz(significance), significance=significance, first_notice_time=first,
-                last_notice_time=last, matches=int(n_live or 0),
-                matches_revoked=int(n_dead or 0), sky=self.sky(event_id, int(revision))))
+                revisions=int(n_revisions or 0), status=state, far=far_hz(significance),
+                significance=significance, first_notice_time=first, last_notice_time=last,
+                matches=int(n_live or 0), matches_revoked=int(n_dead or 0),
+                sky=self.sky(event_id, int(revision))))
         return out
 
     def revisions(self, event_id: str) -> list[RevisionSummary]:
@@ -372,19 +395,10 @@ class Catalog:
         that matched the alert (revoked ones only with ``include_revoked``), filtered by
         ``flt``, ordered by ``flt.sort`` (distance: unknown last), at most ``flt.limit``."""
         flt = flt or MatchFilter()
-        latest = select(MatchRow.event_id, MatchRow.alert_id,
-                        func.max(MatchRow.event_revision).label("revision"))
-        if flt.event_id is not None:
-            latest = latest.where(MatchRow.event_id == flt.event_id)
-        latest_q = latest.group_by(MatchRow.event_id, MatchRow.alert_id).subquery()
         rev = EventRevisionRow
         alert_tai = rev.trigger_mjd_tai + MatchRow.time_offset
-        stmt = (select(MatchRow)
-                .join(latest_q, and_(MatchRow.event_id == latest_q.c.event_id,
-                                     MatchRow.alert_id == latest_q.c.alert_id,
-                                     MatchRow.event_revision == latest_q.c.revision))
-                .join(rev, and_(rev.event_id == MatchRow.event_id,
-                                rev.revision == MatchRow.event_revision)))
+        stmt = _current_matches(flt.event_id).join(
+            rev, and_(rev.event_id == MatchRow.event_id, rev.revision == MatchRow.event_revision))
         if flt.kind is not None:
             stmt = stmt.where(MatchRow.event_kind == flt.kind)
         if flt.instrument is not None:

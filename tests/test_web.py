@@ -197,6 +197,9 @@ def test_api_matches_are_the_latest_record_of_each_event_and_alert(client, web_s
         assert set(latest_ids) <= set(found), event_id
         revoked = {a for a, r in found.items() if r["retracted"]}
         assert (revoked == set(found)) if event_id == "swift:1208389" else not revoked
+        counts = client.get(f"/api/events/{event_id}").json()
+        assert (counts["matches"], counts["matches_revoked"]) == (len(found) - len(revoked),
+                                                                  len(revoked))
 
 
 def test_api_matches_filters(client, web_store):
