@@ -77,6 +77,7 @@ from mmcross.app.service_state import (
 )
 from mmcross.app.staged_store import StagedStore, apply_writes, decode_writes, encode_writes
 from mmcross.app.transports import Transports
+from mmcross.brokers.coincidence_reports import KafkaCoincidenceSink
 from mmcross.brokers.dead_letters import DeadLetters, SourceRef
 from mmcross.brokers.kafka_alerts import AlertConsumer
 from mmcross.brokers.kafka_config import (
@@ -123,6 +124,7 @@ class ServiceSettings:
     dead_letter_topic: str
     notice_topics: list[str]
     marker_topic: str = "mmcross.transactions"
+    coincidence_topic: str | None = None
     batch_size: int = 5000
     poll_timeout: float = 0.5
     commit_timeout: float = 60.0
@@ -150,6 +152,7 @@ class ServiceSettings:
             dead_letter_topic=k.get("dead_letter_topic") or "mmcross.dead-letters",
             notice_topics=list((k.get("gcn") or {}).get("topics") or []),
             marker_topic=k.get("transaction_marker_topic") or "mmcross.transactions",
+            coincidence_topic=k.get("coincidence_topic") or None,
             **{name: type(getattr(cls, name))(s[name]) for name in (
                 "batch_size", "poll_timeout", "commit_timeout", "backoff_min", "backoff_max",
                 "log_every", "prune_interval") if name in s},
@@ -222,7 +225,8 @@ class ListenService(EngineLoop):
         if self.transports.streams is not None:
             self.partner_out = PartnerMatchSink(self.output,
                                                 self.transports.settings.stream_match_topic)
-        self._build_engine([self.sink])
+        self._build_engine([self.sink], [KafkaCoincidenceSink(self.output, s.coincidence_topic)]
+                           if s.coincidence_topic else [])
         if s.notice_topics:
             props, creds = gcn_consumer_config(self.config, **kw)
             stable = bool((self.config.get("kafka.gcn", {}) or {}).get("group_id"))
@@ -256,10 +260,11 @@ class ListenService(EngineLoop):
                      "writes are dropped (its input is read again)", txn)
         self.store.drop_pending(self.output.owner)
 
-    def _build_engine(self, sinks: list) -> None:
+    def _build_engine(self, sinks: list, coincidence_sinks: list) -> None:
         """A fresh engine on the committed state of the store (start-up and after an abort)."""
         self.staged = StagedStore(self.store)
-        self.engine = Engine(self.config, store=self.staged, sinks=sinks)
+        self.engine = Engine(self.config, store=self.staged, sinks=sinks,
+                             coincidence_sinks=coincidence_sinks)
         self._newest = newest_alert_mjd(self.store)
         prune_history(self.store, self.config, self._newest)
         self._last_prune = time.monotonic()
@@ -443,7 +448,7 @@ class ListenService(EngineLoop):
         self.stats.aborts += 1
         self.metrics.inc("transaction_aborts_total")
         assert self.engine is not None
-        self._build_engine(self.engine.sinks)
+        self._build_engine(self.engine.sinks, self.engine.coincidence_sinks)
         consumers = [c.consumer for c in (self.alerts, self.notices) if c is not None]
         if self.transports.partner_kafka is not None:
             consumers.append(self.transports.partner_kafka.consumer)
