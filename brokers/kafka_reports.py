@@ -26,9 +26,10 @@ stream matches.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -109,9 +110,9 @@ class TransactionalOutput:
         """Add consumed offsets (``(topic, partition) -> next offset``) of the consumer group
         described by ``group_metadata`` (``Consumer.consumer_group_metadata()``)."""
         if offsets:
-            self.producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in offsets.items()], group_metadata,
-                timeout)
+            parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            _bounded(lambda: self.producer.send_offsets_to_transaction(
+                parts, group_metadata, timeout), timeout, "send_offsets_to_transaction")
 
     def commit(self, timeout: float = 60.0) -> None:
         """Write the commit marker and commit the open transaction.
@@ -125,7 +126,9 @@ class TransactionalOutput:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self.producer.commit_transaction(max(1.0, deadline - time.monotonic()))
+                left = max(1.0, deadline - time.monotonic())
+                _bounded(lambda left=left: self.producer.commit_transaction(left), left,
+                         "commit_transaction")
                 break
             except KafkaException as exc:
                 err = exc.args[0]
@@ -141,6 +144,34 @@ class TransactionalOutput:
             return
         self.txn = None
         self.producer.abort_transaction(timeout)
+
+
+def _bounded(call: Callable[[], None], timeout: float, what: str) -> None:
+    """Run a blocking producer call, giving up after ``timeout`` + 30 s.
+
+    librdkafka 2.16's ``send_offsets_to_transaction`` was seen to block for good, ignoring
+    its timeout, in a producer that lived through a broker killed with SIGKILL (fresh clients
+    were fine). The call then runs on in a daemon thread; a fatal error is raised so that the
+    caller replaces the producer.
+    """
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True, name=f"kafka-{what}")
+    worker.start()
+    worker.join(timeout + 30.0)
+    if not outcome:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT,
+                                        f"{what} did not return in {timeout + 30.0:.0f} s",
+                                        fatal=True))
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def ensure_marker_topic(admin_config: Mapping[str, Any], topic: str,

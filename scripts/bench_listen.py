@@ -7,12 +7,14 @@
   localization of a real GW notice (S230518h, live in the service). Then, in the same run:
   a bare ``confluent_kafka.Consumer`` reads the whole topic (``consume`` in batches, nothing
   decoded), before and after ``mmcross listen`` (a subprocess: decode, match, store the alert
-  history, send reports, acknowledge, commit) reads it with a fresh group. The service's rate
+  history, send reports and commit them with the offsets in one Kafka transaction per batch)
+  reads it with a fresh group. The service's rate
   is measured on its metrics endpoint from its first alert to its last (start-up excluded).
 * **Latency.** A listener already caught up on an empty topic gets a burst of ``--burst``
   packets produced as fast as the producer goes, ``--burst-inject`` of them counterparts. For
   each counterpart: time from the ``produce()`` call of its alert to the arrival of its match
-  report at a consumer of the report topic (p50, p99, max).
+  report at a ``read_committed`` consumer of the report topic, i.e. once its transaction
+  committed (p50, p99, max).
 
 The broker is ``--bootstrap`` or one started here with ``scripts/kafka_local.py`` (stopped at
 the end). Prints a Markdown table.
@@ -264,7 +266,8 @@ def run(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
 
     def read_reports() -> None:
         c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{tag}",
-                      "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})
+                      "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10,
+                      "isolation.level": "read_committed"})
         c.subscribe([names["reports"]])
         while not done.is_set():
             for msg in c.consume(500, 0.05):

@@ -33,10 +33,15 @@ service.
 **Notices** (GCN Kafka topics) are applied in the step that polled them, so their effects
 (retro-matches, revocations, dead letters) are in the *same transaction as that step's alert
 batch*: a notice and the alerts matched against it commit together, and the engine state after
-an abort is the committed one. Their offsets are committed after the transaction, not in it,
-because the notice consumer may read another cluster (GCN's) whose offsets cannot join our
-transaction, and because reading a notice twice is harmless: the index drops a revision it
-already holds as a duplicate, and the store holds exactly the committed revisions.
+an abort is the committed one. When the notices come from our own cluster (no ``[kafka.gcn]
+client_id``), the notice consumer has a group of its own per instance (``[kafka.gcn] group_id``
+or ``<transactional id>.notices``) whose offsets go into that same transaction too, so a
+restart resumes after the last committed notice and never applies one twice (re-applying
+would matter: the store does not restore a retracted or expired event, so its notices would
+come back as a new event). From GCN's cluster the offsets cannot join our transaction; they
+are committed after it when ``[kafka.gcn] group_id`` is set (a notice read again after a crash
+in between is dropped as a duplicate while its event is live), else every start reads the
+retained notices again.
 
 Not covered by the transactions: counterparts sent over VTP (a VTP subscriber may receive a
 counterpart again after an abort or a crash) and partner detections kept in memory for later
@@ -192,6 +197,7 @@ class ListenService(EngineLoop):
         self._backoff = 0.0
         self._last_error_log = 0.0
         self._commit_sent = False
+        self._notices_in_txn = False
         self.stats = ServiceStats()
         self.engine: Engine | None = None
         self.staged: StagedStore | None = None
@@ -230,9 +236,14 @@ class ListenService(EngineLoop):
         if s.notice_topics:
             props, creds = gcn_consumer_config(self.config, **kw)
             stable = bool((self.config.get("kafka.gcn", {}) or {}).get("group_id"))
+            # Notices on our own cluster: a group of this instance, offsets in the transaction
+            self._notices_in_txn = not creds["client_id"]
+            if self._notices_in_txn and not stable:
+                props["group.id"] = f"{self.output.owner}.notices"
             self.notices = NoticeConsumer(props, s.notice_topics, credentials=creds,
                                           notice_options=notice_options(self.config),
-                                          commits=stable, on_error=self._on_error)
+                                          commits=stable or self._notices_in_txn,
+                                          on_error=self._on_error)
         registry = str(self.config.get("kafka.schema_registry_url", "") or "")
         self.alerts = AlertConsumer(alert_consumer_config(self.config, **kw), s.alert_topics,
                                     on_error=self._on_error,
@@ -364,7 +375,8 @@ class ListenService(EngineLoop):
                 if self._backoff > 0:  # transport errors seen: wait instead of spinning
                     self._stop.wait(self._backoff)
                 return 0
-            self._commit(polled.offsets, self._partner_positions() if pushed else {})
+            self._commit(polled.offsets, self._partner_positions() if pushed else {},
+                         notice_offsets(notices) if self._notices_in_txn else {})
         except KafkaException as exc:
             self._abort(exc)
             return 0
@@ -374,7 +386,7 @@ class ListenService(EngineLoop):
         self.metrics.inc("reports_delivered_total", self.stats.reports - reports_before)
         self._maybe_prune()
         self._update_gauges()
-        if self.notices is not None:
+        if self.notices is not None and not self._notices_in_txn:
             try:
                 self.notices.commit(notices)
             except KafkaException as exc:
@@ -391,7 +403,8 @@ class ListenService(EngineLoop):
         return {(tp.topic, tp.partition): tp.offset
                 for tp in partner.consumer.position(assigned) if tp.offset >= 0}
 
-    def _commit(self, alert_offsets: Offsets, partner_offsets: Offsets) -> None:
+    def _commit(self, alert_offsets: Offsets, partner_offsets: Offsets,
+                notice_offsets: Offsets | None = None) -> None:
         """Add the offsets and the pending store writes, commit, then write the store.
 
         Raises:
@@ -408,6 +421,8 @@ class ListenService(EngineLoop):
         if partner_offsets:
             out.send_offsets(partner_offsets,
                              self.transports.partner_kafka.consumer.consumer_group_metadata())
+        if notice_offsets and self.notices is not None:
+            out.send_offsets(notice_offsets, self.notices.consumer.consumer_group_metadata())
         if writes:
             self.store.save_pending(out.owner, out.txn, encode_writes(writes))
         crashpoints.hit("before_commit")
@@ -579,6 +594,15 @@ class ListenService(EngineLoop):
         live = len(self.engine.index) if self.engine is not None else 0
         log.info("%s; %.0f alerts/s, lag %d, %d live events", self._summary(),
                  self.stats.alerts / elapsed, lag, live)
+
+
+def notice_offsets(notices: list[ReceivedNotice]) -> Offsets:
+    """``(topic, partition) -> next offset`` past ``notices``."""
+    nxt: Offsets = {}
+    for n in notices:
+        key = (n.topic, n.partition)
+        nxt[key] = max(nxt.get(key, 0), n.offset + 1)
+    return nxt
 
 
 def rewind(consumer: Consumer, timeout: float = 30.0) -> None:
