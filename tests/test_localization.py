@@ -332,3 +332,41 @@ def test_released_caches_are_recomputed_identically(lvk):
     ra, dec = loc.sample(500, np.random.default_rng(2))
     ref = crossmatch(table, SkyCoord(ra * u.deg, dec * u.deg))
     np.testing.assert_allclose(loc.credible_level_at(ra, dec), ref.searched_prob, atol=1e-12)
+
+
+# -- analytic regions ------------------------------------------------------------------------
+
+def test_analytic_localization_needs_no_pixels_until_exported(tmp_path):
+    loc = shapes.ellipse(200.0, -60.0, 3.0, 1.0, 30.0, 0.9, tolerance=2e-2)
+    assert loc.region is not None and loc.nbytes < 1024 and loc.cache_nbytes == 0
+    rng = np.random.default_rng(2)
+    ra, dec = loc.sample(2000, rng)
+    cl = loc.credible_level_at(ra, dec)
+    assert loc.cache_nbytes == 0  # lookups, samples and areas are closed forms
+    assert loc.area(0.9) == pytest.approx(np.pi * 3.0 * 1.0, rel=1e-3)  # flat-sky ellipse
+    # the FITS export is a pixel map that ligo.skymap reads, agreeing to its tolerance
+    path = tmp_path / "ellipse.fits"
+    path.write_bytes(loc.to_fits_bytes())
+    assert loc.cache_nbytes > 0
+    ref = crossmatch(read_sky_map(str(path), moc=True), SkyCoord(ra * u.deg, dec * u.deg),
+                     contours=(0.9,))
+    np.testing.assert_allclose(ref.searched_prob, cl, atol=2e-2)
+    assert ref.contour_areas[0] == pytest.approx(loc.area(0.9), rel=2e-2)
+    loc.release_caches()
+    assert loc.cache_nbytes == 0
+
+
+@pytest.mark.parametrize("dec", [89.95, 10.0])
+def test_credible_ranges_cover_every_position_inside_the_level(lvk, dec):
+    rng = np.random.default_rng(3)
+    for loc in (lvk[1], shapes.box(359.0, dec, 2.0, 1.0, 0.5, 1.5, 0.9)):
+        start, end = loc.credible_ranges29(0.9)
+        assert np.all(start[1:] > end[:-1])  # sorted, disjoint, adjacent ones merged
+        ra, d = loc.sample(5000, rng)
+        inside = loc.credible_level_at(ra, d) <= 0.9
+        p = hp.ang2pix(2**29, ra, d, nest=True, lonlat=True)
+        k = np.searchsorted(start, p, side="right") - 1
+        covered = (k >= 0) & (p < end[np.maximum(k, 0)])
+        assert np.all(covered[inside])
+        if loc.region is not None:
+            assert loc.cache_nbytes == 0  # no pixels made

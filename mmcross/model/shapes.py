@@ -1,20 +1,25 @@
-"""Rasterise analytic error regions (circle, ellipse, box) into multi-order HEALPix maps.
+"""Analytic error regions (circle, ellipse, box) as localizations, and their rasterisation
+into multi-order HEALPix maps for export.
+
+:func:`circle`, :func:`ellipse` and :func:`box` check a notice's numbers and return an
+analytic :class:`~mmcross.model.localization.Localization` of a region of
+:mod:`mmcross.model.regions` (which states the models and their closed forms): matched,
+sampled and measured exactly, without pixels. Its pixels are made by :func:`rasterise` only
+when asked for (plots, MOC, FITS), to ``tolerance`` and ``max_order``.
 
 Models (all centred on (ra, dec), degrees ICRS):
 
 * ``circle`` / ``fisher``: von Mises-Fisher density ``exp(kappa (cos theta - 1))`` on the
   sphere, whose credible level at angular distance theta is
   ``CL = (1 - exp(-kappa u)) / (1 - exp(-2 kappa))`` with ``u = 1 - cos theta``.
-* ``circle`` / ``gaussian``, ``ellipse``, ``box``: 2-D Gaussians in the Lambert azimuthal
-  equal-area plane tangent at the centre (x east, y north, radius ``2 sin(theta/2)``, i.e. the
-  chord). The projection preserves area, so the plane density *is* the density per steradian
-  and ``CL = 1 - exp(-rho^2 / 2)`` with rho the (split) Mahalanobis distance, exactly (up to
-  the negligible mass the plane Gaussian puts beyond the antipode, renormalised away; for the
-  circle that truncation is included exactly). Angular extents ``a`` (deg) map to Lambert
-  lengths ``2 sin(a/2)``, so a circle of angular radius r holds exactly ``containment``.
-* ``box``: a split Gaussian: scales ``sigma_east``, ``sigma_west``, ``sigma_north``,
-  ``sigma_south`` on each side. Its credible level is still ``1 - exp(-rho^2/2)`` and its
-  ``containment`` region is the four quarter-ellipses reaching the stated errors.
+* ``circle`` / ``gaussian``: density ``exp(-theta^2 / 2 sigma^2)`` in angular distance.
+* ``ellipse``, ``box``: 2-D (split) Gaussians in the Lambert azimuthal equal-area plane tangent
+  at the centre (x east, y north, radius ``2 sin(theta/2)``, i.e. the chord). The projection
+  preserves area, so the plane density *is* the density per steradian and
+  ``CL = (1 - exp(-rho^2 / 2)) / T`` with rho the (split) Mahalanobis distance and T the plane
+  mass inside the Lambert disc. Angular extents ``a`` (deg) map to Lambert lengths
+  ``2 sin(a/2)``; the ``containment`` region of a box is the four quarter-ellipses reaching the
+  stated errors.
 
 Rasterisation (a numba kernel, depth first from the 12 base pixels, so leaves come out in
 NESTED order): each pixel's range of the model's radial variable (chord distance for Fisher
