@@ -435,3 +435,35 @@ def test_live_events_hold_one_compact_copy_of_their_pixels(maps, config):
     kept = loc.credible_levels() <= CL
     np.testing.assert_array_equal(view.start, start29[kept])
     np.testing.assert_array_equal(view.end, end29[kept])
+
+
+@pytest.mark.parametrize("radius", [1 / 3600, 0.05, 60.0])
+@pytest.mark.parametrize("ra,dec", [(0.0, 90.0), (359.999, 0.0), (123.0, -89.9999)])
+def test_analytic_regions_match_exactly_their_credible_region(config, radius, ra, dec):
+    """Tiny and huge circles, an ellipse and a box at the poles and across RA 0: the matched
+    alerts are exactly those whose Fisher credible level (astropy separation, closed form)
+    is <= the configured level."""
+    circle = shapes.circle(ra, dec, radius)
+    box = shapes.box(ra, dec, min(2 * radius, 80.0), radius, radius, min(1.5 * radius, 80.0),
+                     0.9)
+    ellipse = shapes.ellipse(ra, dec, min(2 * radius, 80.0), radius, 45.0, 0.9)
+    events = [Event(f"e:{k}", EventKind.GRB, "x", T0, loc, revision=1)
+              for k, loc in enumerate((circle, box, ellipse))]
+    m = Matcher(config)
+    m.set_events(events)
+    rng = np.random.default_rng(8)
+    for k, loc in enumerate((circle, box, ellipse)):
+        sra, sdec = loc.sample(3000, rng)
+        found = m.match_arrays(batch(sra, sdec, T0.tai.mjd + 0.1), only=[f"e:{k}"])
+        cl = loc.credible_level_at(sra, sdec)
+        assert np.array_equal(np.sort(found.alert_index), np.flatnonzero(cl <= CL))
+        assert 2500 < len(found) < 2900  # ~90 % of the samples
+    sra, sdec = circle.sample(3000, rng)
+    sep = SkyCoord(sra * u.deg, sdec * u.deg).separation(SkyCoord(ra * u.deg, dec * u.deg)).rad
+    kappa = circle.region.kappa
+    exact = -np.expm1(-kappa * 2 * np.sin(sep / 2) ** 2) / -np.expm1(-2 * kappa)
+    found = m.match_arrays(batch(sra, sdec, T0.tai.mjd + 0.1), only=["e:0"])
+    clear = np.abs(exact - CL) > 1e-9
+    got = np.zeros(len(sra), bool)
+    got[found.alert_index] = True
+    assert np.array_equal(got[clear], (exact <= CL)[clear])
