@@ -104,8 +104,10 @@ def replay(engine: Engine, notices: Iterable[str | Path | Event],
     for path in alert_paths:
         if not path.exists():
             raise FileNotFoundError(f"no such alert file or directory: {path}")
+    # no report carries the packet: not keeping them spares copying (and, for container
+    # files, reading from disk) every cutout
     for batch in _sorted_batches(iter_alert_batches(alert_paths, chunk=chunk,
-                                                    on_error=on_error)):
+                                                    on_error=on_error, keep_packets=False)):
         start = 0
         while pending and pending[0].arrival_mjd_tai <= batch.mjd_tai[-1]:
             cut = int(np.searchsorted(batch.mjd_tai, pending[0].arrival_mjd_tai, side="right"))
