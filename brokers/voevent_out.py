@@ -2,10 +2,20 @@
 
 A *counterpart* VOEvent (role ``observation``) announces an optical alert matching an event:
 WhereWhen is the alert's position (degrees ICRS) and detection time (UTC), What holds every
-match field as a Param, Citations cite the event's own notice (``followup``) when its IVORN
-is known. Its IVORN depends only on the event id and alert id
-(``ivo://<stream>#<event_id>_<alert_id>``), so sending the same match again is idempotent.
-A *retraction* VOEvent cites that IVORN with ``cite="retraction"``.
+match field as a Param. Identity follows the VOEvent 2.0 standard (IVOA REC, section 2.8):
+
+* every counterpart packet has its own IVORN, one per event revision and alert
+  (``ivo://<stream>#<event_id>_<alert_id>_r<revision>``), so sending the same report again
+  repeats the same IVORN while a later revision's report is a new packet;
+* it cites the GCN notice it answers (``followup``) when that notice was a VOEvent
+  (``Match.notice_ivorn``; JSON and Avro notices have no IVORN and are named in the
+  description and the ``event_id``/``event_revision`` Params instead);
+* a later revision's packet for an alert matched before cites the earlier packet
+  (``supersedes``, ``Match.supersedes_revision``);
+* a *retraction* packet has its own IVORN and cites the revoked counterpart packet
+  (``retraction``).
+
+Kafka keys stay ``event_id|alert_id`` (compaction keeps the latest state of a pair).
 """
 
 from __future__ import annotations
@@ -38,13 +48,16 @@ _UCDS = {"ra": "pos.eq.ra", "dec": "pos.eq.dec", "alert_time": "time.epoch",
          "object_id": "meta.id", "event_id": "meta.id"}
 
 
-def _stream_id(match: Match) -> str:
-    return quote(f"{match.event_id}_{match.alert_id}", safe=":-._")
+def _stream_id(match: Match, revision: int | None = None) -> str:
+    rev = match.event_revision if revision is None else revision
+    return quote(f"{match.event_id}_{match.alert_id}_r{rev}", safe=":-._")
 
 
-def counterpart_ivorn(match: Match, *, stream: str = COUNTERPART_STREAM) -> str:
-    """The IVORN of the counterpart VOEvent of ``match`` (event id + alert id only)."""
-    return f"ivo://{stream}#{_stream_id(match)}"
+def counterpart_ivorn(match: Match, *, stream: str = COUNTERPART_STREAM,
+                      revision: int | None = None) -> str:
+    """The IVORN of the counterpart VOEvent of ``match`` (event id, alert id and the event
+    revision, by default the match's own)."""
+    return f"ivo://{stream}#{_stream_id(match, revision)}"
 
 
 def _utc(iso: str) -> dt.datetime:
@@ -101,20 +114,26 @@ def counterpart_voevent(match: Match, *, author_ivorn: str = DEFAULT_AUTHOR_IVOR
         match: the match; position degrees ICRS, times ISO 8601 UTC.
         author_ivorn: the author's IVORN (``Who/AuthorIVORN``).
         stream: IVORN authority/path of counterpart packets.
-        event_ivorn: IVORN of the GCN notice of the event, cited as ``followup`` when given.
+        event_ivorn: IVORN of the GCN notice of the event, cited as ``followup``; by default
+            the match's own ``notice_ivorn``.
         date: packet creation time (``Who/Date``, UTC), by default now.
     """
     v = _base(match, ivorn_stream=stream, stream_id=_stream_id(match),
               author_ivorn=author_ivorn, date=date)
     how = etree.SubElement(v, "How")
+    notice = event_ivorn if event_ivorn is not None else match.notice_ivorn
     how.Description = (f"Optical alert {match.alert_id} inside the credible region of "
                        f"{match.event_id} revision {match.event_revision} "
-                       f"(searched probability {match.credible_level:.3f})")
+                       f"(searched probability {match.credible_level:.3f}), answering "
+                       f"{notice or 'its GCN notice (no IVORN: a JSON or Avro notice)'}")
     etree.SubElement(v, "Why").append(vp.Inference(
         probability=max(0.0, min(1.0, 1.0 - match.p_chance)), relation="associated",
         name=match.event_id, concept="optical counterpart candidate"))
-    if event_ivorn:
-        _cite(v, event_ivorn, vp.definitions.cite_types.followup)
+    if notice:
+        _cite(v, notice, vp.definitions.cite_types.followup)
+    if match.supersedes_revision is not None:
+        _cite(v, counterpart_ivorn(match, stream=stream, revision=match.supersedes_revision),
+              vp.definitions.cite_types.supersedes)
     return vp.dumps(v)
 
 

@@ -154,6 +154,8 @@ class MatchRow(Base):
     distance_std: Mapped[float | None] = mapped_column(Double)  # Mpc
     p_chance: Mapped[float] = mapped_column(Double, nullable=False)
     retracted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    notice_ivorn: Mapped[str | None] = mapped_column(Text)  # the answered notice's IVORN
+    supersedes_revision: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = _now_column()
     retracted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 

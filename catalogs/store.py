@@ -115,18 +115,27 @@ def _revision_row(event: Event, revision: int, localization: bytes | None) -> Ev
     )
 
 
-def _add_region_column(engine: Engine, url: str) -> None:
-    """Add the nullable ``event_revisions.region`` column to a store made before it existed
-    (its events keep their FITS sky maps and load as before)."""
-    columns = {c["name"] for c in inspect(engine).get_columns(EventRevisionRow.__tablename__)}
-    if "region" in columns:
-        return
-    kind = "JSONB" if engine.dialect.name == "postgresql" else "JSON"
-    log.info("store %s predates analytic regions: adding column event_revisions.region (%s)",
-             url, kind)
-    with engine.begin() as conn:
-        conn.execute(text(f"ALTER TABLE {EventRevisionRow.__tablename__} "
-                          f"ADD COLUMN region {kind}"))
+#: Nullable columns added after the first stores were made: (table, column, SQL type per
+#: dialect, what it is for). A store that predates one gets it on open, with a log line.
+_LATER_COLUMNS = (
+    (EventRevisionRow.__tablename__, "region", {"postgresql": "JSONB"}, "JSON",
+     "analytic regions"),
+    (MatchRow.__tablename__, "notice_ivorn", {}, "TEXT", "VOEvent identity"),
+    (MatchRow.__tablename__, "supersedes_revision", {}, "INTEGER", "VOEvent identity"),
+)
+
+
+def _add_later_columns(engine: Engine, url: str) -> None:
+    """Add the nullable columns of :data:`_LATER_COLUMNS` to a store made before them (its
+    rows keep working: old events keep their FITS sky maps, old matches cite no notice)."""
+    inspector = inspect(engine)
+    for table, column, types, default_type, why in _LATER_COLUMNS:
+        if column in {c["name"] for c in inspector.get_columns(table)}:
+            continue
+        kind = types.get(engine.dialect.name, default_type)
+        log.info("store %s predates %s: adding column %s.%s (%s)", url, why, table, column, kind)
+        with engine.begin() as conn:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
 
 
 def _match_values(m: Match) -> dict[str, Any]:
@@ -140,12 +149,16 @@ def _match_values(m: Match) -> dict[str, Any]:
         "credible_level": float(m.credible_level), "searched_area": float(m.searched_area),
         "prob_density": float(m.prob_density), "distance_mean": _opt_float(m.distance_mean),
         "distance_std": _opt_float(m.distance_std), "p_chance": float(m.p_chance),
-        "retracted": bool(m.retracted),
+        "retracted": bool(m.retracted), "notice_ivorn": str(m.notice_ivorn or ""),
+        "supersedes_revision": (None if m.supersedes_revision is None
+                                else int(m.supersedes_revision)),
     }
 
 
 def _match_from_row(row: MatchRow) -> Match:
-    return Match(**{name: getattr(row, name) for name in _MATCH_FIELDS})
+    values = {name: getattr(row, name) for name in _MATCH_FIELDS}
+    values["notice_ivorn"] = values["notice_ivorn"] or ""  # NULL in rows of older stores
+    return Match(**values)
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -189,7 +202,7 @@ class Store:
             if self.engine.dialect.name == "sqlite":
                 _configure_sqlite(self.engine)
             Base.metadata.create_all(self.engine)
-            _add_region_column(self.engine, self.url)
+            _add_later_columns(self.engine, self.url)
         except (SQLAlchemyError, ImportError) as exc:
             raise StoreError(f"cannot open the store at {self.url}: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

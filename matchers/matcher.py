@@ -239,6 +239,7 @@ class Matcher:
                 "event_id": event.event_id, "event_revision": int(event.revision),
                 "event_kind": str(event.kind), "instrument": event.instrument,
                 "event_time": str(_iso_utc(event.trigger_time)[0]),
+                "notice_ivorn": event.ivorn,
             }
         has_distance = np.isfinite(found.distance_mean) & np.isfinite(found.distance_std)
         mean = np.where(has_distance, found.distance_mean, np.nan).tolist()

@@ -159,3 +159,40 @@ def test_restart_restores_events_matches_and_history(tmp_path):
     assert {(m.alert_id, m.event_revision, m.retracted) for m in reports} == {
         (1, 1, True), (9, 1, True), (7, 2, False)}
     again.close()
+
+
+def test_an_update_supersedes_the_earlier_reports_and_each_cites_its_own_notice(shared_file):
+    """Real Fermi GBM 726773850: the flight position, then the ground position. Alerts inside
+    both circles are reported again for revision 2, superseding revision 1's packets, and each
+    counterpart VOEvent cites the GCN notice it answers."""
+    import voeventparse as vp
+    from lxml import etree
+
+    from mmcross.brokers.voevent_out import counterpart_ivorn, counterpart_voevent
+
+    engine, sink, config = _engine()
+    gcn = "gcn/voevent/fink-mm-kafka-2024-01"
+    flt_path = shared_file(f"{gcn}/Fermi_GBM_Flt_Pos_726773850-264.xml")
+    gnd_path = shared_file(f"{gcn}/Fermi_GBM_Gnd_Pos_726773850-268.xml")
+    flt = read_notice_file(flt_path, **notice_options(config))
+    gnd = read_notice_file(gnd_path, **notice_options(config))
+    assert flt.event_id == gnd.event_id
+    engine.on_notice(flt)
+    # alerts near the ground position: inside both 90% regions
+    ra = gnd.ra + np.linspace(-0.5, 0.5, 5)
+    dec = np.full(5, gnd.dec)
+    both = (flt.localization.credible_level_at(ra, dec) <= config.credible_level) & (
+        gnd.localization.credible_level_at(ra, dec) <= config.credible_level)
+    assert both.all()
+    first = engine.on_alerts(_alerts(ra, dec, flt.trigger_mjd_tai + 0.1))
+    assert len(first) == 5 and {m.event_revision for m in first} == {1}
+    assert {m.notice_ivorn for m in first} == {etree.parse(str(flt_path)).getroot().get("ivorn")}
+    assert all(m.supersedes_revision is None for m in first)
+    second = engine.on_notice(gnd).reports
+    assert sorted(m.alert_id for m in second) == sorted(m.alert_id for m in first)
+    assert {(m.event_revision, m.supersedes_revision) for m in second} == {(2, 1)}
+    gnd_ivorn = etree.parse(str(gnd_path)).getroot().get("ivorn")
+    v = vp.loads(counterpart_voevent(second[0]))
+    cites = {c.attrib["cite"]: c.text for c in v.Citations.EventIVORN}
+    earlier = next(m for m in first if m.alert_id == second[0].alert_id)
+    assert cites == {"followup": gnd_ivorn, "supersedes": counterpart_ivorn(earlier)}

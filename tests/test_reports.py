@@ -25,11 +25,13 @@ def test_avsc_has_exactly_the_match_fields():
     assert schema["namespace"] + "." + schema["name"] == "mmcross.match_report"
     assert [f["name"] for f in schema["fields"]] == [f.name for f in dataclasses.fields(Match)]
     nullable = {f["name"] for f in schema["fields"] if isinstance(f["type"], list)}
-    assert nullable == {"distance_mean", "distance_std"}
+    assert nullable == {"distance_mean", "distance_std", "supersedes_revision"}
 
 
 @pytest.mark.parametrize("match", [make_match(), make_match(distance_mean=None,
-                                                             distance_std=None, retracted=True)])
+                                                             distance_std=None, retracted=True),
+                                   make_match(notice_ivorn="ivo://nasa.gsfc.gcn/Fermi#x",
+                                              supersedes_revision=1)])
 def test_avro_round_trip(match):
     data = match_to_avro(match)
     assert match_from_avro(data) == match

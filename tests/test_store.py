@@ -460,3 +460,23 @@ def test_a_store_from_before_regions_opens_and_its_fits_circles_still_load(tmp_p
     (event,) = live
     assert event.localization.region is None
     assert event.localization.area(0.9) == pytest.approx(circle.area(0.9), rel=0.03)
+
+
+def test_a_store_from_before_voevent_identity_opens_and_its_matches_still_load(tmp_path, caplog):
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    with Store(url) as s:
+        s.save_matches([make_match(alert_id=1), make_match(alert_id=2, notice_ivorn="ivo://x/y#z")])
+    engine = create_engine(url)
+    with engine.begin() as conn:  # as stores written before the two columns
+        conn.execute(text("ALTER TABLE matches DROP COLUMN notice_ivorn"))
+        conn.execute(text("ALTER TABLE matches DROP COLUMN supersedes_revision"))
+    engine.dispose()
+    with caplog.at_level("INFO", logger="mmcross.catalogs.store"), Store(url) as s:
+        old = s.matches()
+        s.save_matches([make_match(revision=2, alert_id=1, notice_ivorn="ivo://x/y#w",
+                                   supersedes_revision=1)])
+        new = s.matches()[-1]
+    assert "adding column matches.notice_ivorn" in caplog.text
+    assert [m.notice_ivorn for m in old] == ["", ""]
+    assert all(m.supersedes_revision is None for m in old)
+    assert (new.notice_ivorn, new.supersedes_revision) == ("ivo://x/y#w", 1)

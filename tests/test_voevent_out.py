@@ -33,14 +33,27 @@ def test_counterpart_is_valid_and_carries_the_match():
     assert cites.attrib["cite"] == "followup" and cites.text == GCN_IVORN
 
 
-def test_ivorn_is_stable_per_event_and_alert():
+def test_each_event_revision_and_alert_has_its_own_ivorn_repeated_by_the_same_report():
     a = counterpart_voevent(make_match(), date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
-    b = counterpart_voevent(make_match(event_revision=3, p_chance=0.5),
-                            date=dt.datetime(2024, 1, 2, tzinfo=dt.UTC))
-    c = counterpart_voevent(make_match(1))
-    ivorn = [vp.loads(x).attrib["ivorn"] for x in (a, b, c)]
-    assert ivorn[0] == ivorn[1] != ivorn[2]
-    assert "Citations" not in a.decode()  # no GCN IVORN known: no citation
+    again = counterpart_voevent(make_match(p_chance=0.5),
+                                date=dt.datetime(2024, 1, 2, tzinfo=dt.UTC))
+    later = counterpart_voevent(make_match(event_revision=3))
+    other = counterpart_voevent(make_match(1))
+    ivorn = [vp.loads(x).attrib["ivorn"] for x in (a, again, later, other)]
+    assert ivorn[0] == ivorn[1]  # the same report sent twice is the same packet
+    assert len({ivorn[0], ivorn[2], ivorn[3]}) == 3
+    assert "Citations" not in a.decode()  # no notice IVORN, nothing superseded: no citation
+
+
+def test_a_later_revision_cites_the_notice_it_answers_and_supersedes_the_earlier_packet():
+    first = make_match(event_revision=1, notice_ivorn="ivo://nasa.gsfc.gcn/Fermi#GBM_Flt_Pos_1")
+    second = make_match(event_revision=2, notice_ivorn=GCN_IVORN, supersedes_revision=1)
+    v = vp.loads(counterpart_voevent(second))
+    assert vp.valid_as_v2_0(v)
+    cites = {c.attrib["cite"]: c.text for c in v.Citations.EventIVORN}
+    assert cites == {"followup": GCN_IVORN, "supersedes": counterpart_ivorn(first)}
+    assert vp.loads(counterpart_voevent(first)).attrib["ivorn"] == cites["supersedes"]
+    assert v.attrib["ivorn"] == counterpart_ivorn(second) != counterpart_ivorn(first)
 
 
 def test_retraction_cites_the_counterpart_and_parses_with_lxml():

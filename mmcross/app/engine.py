@@ -181,6 +181,10 @@ class Engine:
         revoked = self._revoke(indexed.event_id,
                                [a for a in self._matches.get(indexed.event_id, {})
                                 if a not in still])
+        # alerts still inside the new revision: their reports supersede the earlier ones
+        earlier = self._matches.get(indexed.event_id, {})
+        found = [replace(m, supersedes_revision=int(earlier[m.alert_id].event_revision))
+                 if m.alert_id in earlier else m for m in found]
         self._matches[indexed.event_id] = {}
         return NoticeOutcome(change, indexed, self._emit(revoked + self._record(found)))
 

@@ -45,11 +45,12 @@ log = logging.getLogger(__name__)
 DEFAULT_IVORN = "ivo://mmcross/observer"
 _POLL_S = 0.5  # socket / consumer poll granularity, seconds (stop and deadline checks)
 
-_INT_FIELDS = {"event_revision", "alert_id"}
+_INT_FIELDS = {"event_revision", "alert_id", "supersedes_revision"}
 _BOOL_FIELDS = {"retracted"}
 _FLOAT_FIELDS = {"ra", "dec", "time_offset", "credible_level", "searched_area", "prob_density",
                  "distance_mean", "distance_std", "p_chance"}
-_OPTIONAL_FIELDS = {"distance_mean", "distance_std", "retracted"}
+_OPTIONAL_FIELDS = {"distance_mean", "distance_std", "retracted", "notice_ivorn",
+                    "supersedes_revision"}
 _MATCH_FIELDS = tuple(f.name for f in fields(Match))
 
 
@@ -103,7 +104,8 @@ def match_from_voevent(payload: bytes | Any, where: str = "VOEvent") -> Match:
         text = params.get(name)
         try:
             if text is None:
-                values[name] = False if name in _BOOL_FIELDS else None
+                values[name] = (False if name in _BOOL_FIELDS
+                                else "" if name == "notice_ivorn" else None)
             elif name in _INT_FIELDS:
                 values[name] = int(text)
             elif name in _FLOAT_FIELDS:

@@ -30,6 +30,12 @@ class Match:
             (Mpc) for GW maps with distance layers, else ``None``.
         p_chance: probability that an unrelated new transient falls this close in sky and time.
         retracted: True on the record that revokes an earlier match.
+        notice_ivorn: IVORN of the GCN notice of this event revision when it came as a
+            VOEvent, else ``""`` (JSON and Avro notices have none): the notice this report
+            answers, cited by the counterpart VOEvent.
+        supersedes_revision: the earlier revision of the same event whose live match of the
+            same alert this report replaces (its counterpart VOEvent is cited with
+            ``supersedes``), or ``None``.
     """
 
     event_id: str
@@ -50,6 +56,8 @@ class Match:
     distance_std: float | None
     p_chance: float
     retracted: bool = False
+    notice_ivorn: str = ""
+    supersedes_revision: int | None = None
 
     @property
     def key(self) -> str:
