@@ -112,6 +112,7 @@ class EventRevisionRow(Base):
     raw: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     notice_format: Mapped[str] = mapped_column(String(16), nullable=False, default="")
     source: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    ivorn: Mapped[str | None] = mapped_column(Text)  # the notice's VOEvent IVORN, if any
     #: Multi-order HEALPix FITS (Localization.to_fits_bytes()) of a pixel map; NULL for
     #: retractions and analytic regions.
     localization: Mapped[bytes | None] = mapped_column(LargeBinary)

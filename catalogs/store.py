@@ -109,7 +109,7 @@ def _revision_row(event: Event, revision: int, localization: bytes | None) -> Ev
         ra=_opt_float(event.ra), dec=_opt_float(event.dec),
         error_radius=_opt_float(event.error_radius), containment=_opt_float(event.containment),
         raw=bytes(event.raw), notice_format=event.notice_format, source=event.source,
-        localization=localization,
+        ivorn=event.ivorn or None, localization=localization,
         region=(None if event.localization is None or event.localization.region is None
                 else event.localization.region.to_dict()),
     )
@@ -120,6 +120,7 @@ def _revision_row(event: Event, revision: int, localization: bytes | None) -> Ev
 _LATER_COLUMNS = (
     (EventRevisionRow.__tablename__, "region", {"postgresql": "JSONB"}, "JSON",
      "analytic regions"),
+    (EventRevisionRow.__tablename__, "ivorn", {}, "TEXT", "VOEvent identity"),
     (MatchRow.__tablename__, "notice_ivorn", {}, "TEXT", "VOEvent identity"),
     (MatchRow.__tablename__, "supersedes_revision", {}, "INTEGER", "VOEvent identity"),
 )
@@ -376,6 +377,7 @@ class Store:
             role=row.role, significance=dict(row.significance or {}),
             ra=row.ra, dec=row.dec, error_radius=row.error_radius, containment=row.containment,
             raw=bytes(row.raw), notice_format=row.notice_format, source=row.source,
+            ivorn=row.ivorn or "",
         )
 
     def events(self, include_retracted: bool = True) -> list[dict[str, Any]]:

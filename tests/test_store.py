@@ -480,3 +480,17 @@ def test_a_store_from_before_voevent_identity_opens_and_its_matches_still_load(t
     assert [m.notice_ivorn for m in old] == ["", ""]
     assert all(m.supersedes_revision is None for m in old)
     assert (new.notice_ivorn, new.supersedes_revision) == ("ivo://x/y#w", 1)
+
+
+def test_a_voevent_notice_keeps_its_ivorn_across_a_restart(tmp_path, shared_file):
+    from mmcross.listeners import read_notice_file
+
+    path = shared_file("gcn/voevent/fink-mm-kafka-2024-01/Swift_BAT_GRB_Pos_1208389-262.xml")
+    event = read_notice_file(path, tolerance=1e-2)
+    assert event.ivorn == "ivo://nasa.gsfc.gcn/SWIFT#BAT_GRB_Pos_1208389-262"
+    url = f"sqlite:///{tmp_path / 's.sqlite'}"
+    with Store(url) as s:
+        s.save_event(event)
+    with Store(url) as s:
+        (restored,) = s.load_live_events()
+    assert restored.ivorn == event.ivorn
