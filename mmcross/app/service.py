@@ -240,6 +240,9 @@ class ListenService(EngineLoop):
             self._notices_in_txn = not creds["client_id"]
             if self._notices_in_txn and not stable:
                 props["group.id"] = f"{self.output.owner}.notices"
+                # static membership: a restart takes the partitions back at once instead of
+                # waiting for its killed predecessor's session to time out
+                props.setdefault("group.instance.id", props["group.id"])
             self.notices = NoticeConsumer(props, s.notice_topics, credentials=creds,
                                           notice_options=notice_options(self.config),
                                           commits=stable or self._notices_in_txn,
