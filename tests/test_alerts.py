@@ -425,3 +425,54 @@ def test_decode_errors_carry_index_and_source(shared_file):
     assert [(e.index, e.source) for e in errors] == [(1, "t/1/1"), (3, "t/1/3")]
     assert errors[1].truncated and not errors[0].truncated
     assert str(errors[0]) == f"t/1/1: {errors[0].reason}"
+
+
+class _FakeMessage:
+    """The parts of a ``confluent_kafka.Message`` the alert consumer reads."""
+
+    def __init__(self, offset: int, value: bytes | None) -> None:
+        self._offset, self._value = offset, value
+
+    def error(self):
+        return None
+
+    def value(self):
+        return self._value
+
+    def key(self):
+        return b"k%d" % self._offset
+
+    def topic(self):
+        return "alerts"
+
+    def partition(self):
+        return 2
+
+    def offset(self):
+        return self._offset
+
+    def timestamp(self):
+        return 1, 1_700_000_000_000
+
+
+def test_kafka_poll_refuses_each_bad_message_with_its_own_source(shared_file):
+    """Refused messages are paired with their Kafka message by the error's index (not by
+    parsing its text): the same bad bytes at two offsets give two distinct refusals."""
+    from types import SimpleNamespace
+
+    from mmcross.brokers.kafka_alerts import AlertConsumer
+
+    good = _sample_wire(shared_file)
+    values = [good, b"garbage", good[:30], b"garbage", None, good]
+    messages = [_FakeMessage(100 + i, v) for i, v in enumerate(values)]
+    consumer = object.__new__(AlertConsumer)  # no broker: the poll logic alone
+    consumer.schemas, consumer.keep_packets, consumer._on_error = None, True, None
+    consumer.consumer = SimpleNamespace(consume=lambda n, timeout: messages)
+    polled = consumer.poll()
+    assert len(polled.batch) == 2 and polled.messages == 6
+    assert polled.offsets == {("alerts", 2): 106}
+    got = sorted((str(r.source), r.key, r.value, r.error.index) for r in polled.refused)
+    assert [(s, k, v) for s, k, v, _ in got] == [
+        ("alerts/2/101", b"k101", b"garbage"), ("alerts/2/102", b"k102", good[:30]),
+        ("alerts/2/103", b"k103", b"garbage"), ("alerts/2/104", b"k104", None)]
+    assert all(str(r.error).startswith(f"{r.source}: ") for r in polled.refused)
