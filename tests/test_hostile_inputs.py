@@ -90,6 +90,18 @@ def test_a_map_with_a_nan_negative_or_infinite_pixel_is_refused(fits_maps, value
         Localization.from_fits(out.getvalue())
 
 
+@pytest.mark.parametrize("scale", [1.5, 0.5, 1.01])
+def test_a_map_whose_probabilities_do_not_sum_to_one_is_refused(fits_maps, scale) -> None:
+    from astropy.table import Table
+
+    table = Table.read(io.BytesIO(fits_maps[0]), format="fits")
+    table["PROBDENSITY"] *= scale
+    out = io.BytesIO()
+    table.write(out, format="fits")
+    with pytest.raises(BadSkymapError, match="sum to"):
+        Localization.from_fits(out.getvalue())
+
+
 # -- partner detections --------------------------------------------------------------------
 
 _VALUES = st.one_of(st.integers(min_value=-(10**30), max_value=10**30),

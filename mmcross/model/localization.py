@@ -38,6 +38,9 @@ MAX_FLAT_ORDER = 11
 """Deepest order (nside 2048) of a flat (RING/NESTED) map that is accepted."""
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+#: A sky map read from FITS whose probabilities sum further than this from 1 is refused
+#: (real LVK, IPN and BAYESTAR maps sum to 1 within 1e-14; float32 maps within ~1e-6).
+TOTAL_TOLERANCE = 1e-3
 """Largest FITS file, after decompression, :meth:`Localization.from_fits` reads (bytes)."""
 
 SR_TO_DEG2 = (180.0 / np.pi) ** 2
@@ -132,6 +135,7 @@ class Localization:
         distnorm: np.ndarray | None = None,
         meta: dict[str, Any] | None = None,
         normalize: bool = True,
+        total_tolerance: float | None = None,
     ) -> None:
         uniq = np.asarray(uniq)
         if uniq.ndim != 1 or not np.issubdtype(uniq.dtype, np.integer):
@@ -191,6 +195,9 @@ class Localization:
         total = self.total_probability
         if not (np.isfinite(total) and total > 0):
             raise BadSkymapError(f"sky map total probability is {total!r}, cannot normalise")
+        if total_tolerance is not None and abs(total - 1.0) > total_tolerance:
+            raise BadSkymapError(f"sky map probabilities sum to {total:.6g}, not 1 (within "
+                                 f"{total_tolerance:g})")
         if normalize and total != 1.0:
             self.probdensity = self.probdensity / total
 
@@ -423,7 +430,8 @@ class Localization:
 
         Raises:
             BadSkymapError: unreadable, truncated, oversized (> ``max_bytes`` decompressed)
-                or non-normalisable maps, with the source named in the message.
+                maps, and maps whose probabilities are negative, not finite or do not sum to
+                1 within :data:`TOTAL_TOLERANCE`, with the source named in the message.
         """
         where = f"{source}" if isinstance(source, str | Path) else f"<{len(source)} bytes>"
         raw = _read_limited(source, max_bytes, where)
@@ -644,7 +652,7 @@ def _parse_multiorder(data: Any, names: dict[str, str], meta: dict, where: str) 
     if len(dist) != 3:
         dist = {}
     try:
-        return Localization(uniq, values, meta=meta, **dist)
+        return Localization(uniq, values, meta=meta, total_tolerance=TOTAL_TOLERANCE, **dist)
     except BadSkymapError as exc:
         raise BadSkymapError(f"sky map {where}: {exc}") from exc
 
@@ -711,7 +719,7 @@ def _parse_flat(data: Any, header: fits.Header, names: dict[str, str], ordering:
     log.info("sky map %s: flat NSIDE=%d %s -> %d multi-order pixels",
              where, nside, ordering, len(uniq))
     try:
-        return Localization(uniq, density, meta=meta, **dist)
+        return Localization(uniq, density, meta=meta, total_tolerance=TOTAL_TOLERANCE, **dist)
     except BadSkymapError as exc:
         raise BadSkymapError(f"sky map {where}: {exc}") from exc
 
