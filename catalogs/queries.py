@@ -25,7 +25,7 @@ import enum
 import logging
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -37,14 +37,12 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mmcross.catalogs.models import AlertHistoryRow, EventRevisionRow, EventRow, MatchRow
-from mmcross.catalogs.store import Store, mask_url
+from mmcross.catalogs.store import Store, _match_from_row, mask_url
 from mmcross.model.config import Config
 from mmcross.model.errors import StoreError
 from mmcross.model.match import Match
 
 log = logging.getLogger(__name__)
-
-_MATCH_FIELDS = tuple(f.name for f in fields(Match))
 
 
 class EventStatus(enum.StrEnum):
@@ -423,8 +421,7 @@ class Catalog:
         try:
             with Session(self.store.engine) as s:
                 rows = s.scalars(stmt).all()
-                return [Match(**{name: getattr(r, name) for name in _MATCH_FIELDS})
-                        for r in rows]
+                return [_match_from_row(r) for r in rows]
         except SQLAlchemyError as exc:
             raise StoreError(f"reading matches failed in the store at {self.url}: {exc}") from exc
 

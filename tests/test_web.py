@@ -328,6 +328,29 @@ def test_new_matches_change_the_polled_table_and_the_figure(web_store, tmp_path)
         assert c.get("/events/lvk:S230518h/skymap.png").headers["etag"] != etag
 
 
+def test_an_event_id_with_slash_space_and_hash_has_its_pages(web_store, tmp_path):
+    from dataclasses import replace
+    from urllib.parse import quote
+
+    url = _copy(web_store[0], tmp_path)
+    odd = "gcn:GRB 230220A/b#2"
+    with Store(url) as store:
+        event = store.load_event("swift:1208389", with_localization=True)
+        store.save_event(replace(event, event_id=odd, revision=0))
+        store.save_matches([make_match(2, event_id=odd, event_revision=1, alert_id=4242,
+                                       object_id="rubin-4242", ra=event.ra, dec=event.dec)])
+    with TestClient(create_app(url, Config.load(overrides=CONFIG))) as c:
+        href = html.fromstring(c.get("/").text).xpath(
+            f"//tr[@data-event-id='{odd}']//a/@href")[0]
+        assert href == f"/events/{quote(odd, safe=':@/')}"
+        page = html.fromstring(c.get(href).text)
+        assert page.xpath("//h1")[0].text.strip() == odd
+        assert page.xpath("//tr/@data-object-id") == ["rubin-4242"]
+        assert c.get(href + "/counterparts").status_code == 200
+        assert c.get(href + "/skymap.png").headers["content-type"] == "image/png"
+        assert c.get(f"/api/events/{quote(odd, safe=':/')}").json()["event_id"] == odd
+
+
 # -- read-only, secrets, configuration -------------------------------------------------------
 
 def test_every_route_only_reads(client, web_store):

@@ -23,14 +23,17 @@ from urllib.parse import quote, urlencode
 
 from astropy.time import Time
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmcross.app.web.filters import FILTERS
 from mmcross.app.web.params import parse_time
-from mmcross.app.web.schemas import EventDetailOut, EventOut, MatchOut, RevisionOut
+from mmcross.app.web.schemas import EventDetailOut, EventOut, MatchOut, RevisionOut, match_out
 from mmcross.app.web.settings import WebSettings
 from mmcross.app.web.skymap import SkymapCache
 from mmcross.catalogs.queries import (
@@ -105,7 +108,7 @@ def _missing(event_id: str) -> str:
 
 def event_path(event_id: str, suffix: str = "") -> str:
     """The page of ``event_id`` (URL-quoted) with ``suffix`` (``"/skymap.png"``...)."""
-    return f"/events/{quote(event_id, safe=':@')}{suffix}"
+    return f"/events/{quote(event_id, safe=':@/')}{suffix}"
 
 
 def create_app(store_url: str, config: Config) -> FastAPI:
@@ -146,6 +149,14 @@ def create_app(store_url: str, config: Config) -> FastAPI:
     app.state.catalog = catalog
     app.state.settings = settings
 
+    @app.exception_handler(StarletteHTTPException)
+    async def not_found(request: Request, exc: StarletteHTTPException) -> Response:
+        """Unknown pages get an HTML page; the API and the figures keep JSON errors."""
+        path = request.url.path
+        if exc.status_code != 404 or path.startswith("/api/") or path.endswith(".png"):
+            return await http_exception_handler(request, exc)
+        return await run_in_threadpool(missing_page, request, f"there is no page at {path}")
+
     def page(request: Request, name: str, context: dict[str, Any]) -> HTMLResponse:
         stream = Time(catalog.stream_time(), format="mjd", scale="tai").utc.isot
         return templates.TemplateResponse(request, name, {
@@ -158,8 +169,8 @@ def create_app(store_url: str, config: Config) -> FastAPI:
             raise HTTPException(404, detail=_missing(event_id))
         return event
 
-    def missing_page(request: Request, event_id: str) -> HTMLResponse:
-        response = page(request, "missing.html", {"message": _missing(event_id)})
+    def missing_page(request: Request, message: str) -> HTMLResponse:
+        response = page(request, "missing.html", {"message": message})
         response.status_code = 404
         return response
 
@@ -190,34 +201,19 @@ def create_app(store_url: str, config: Config) -> FastAPI:
         events = catalog.events(EventFilter(limit=settings.page_limit))
         return page(request, "index.html", {"events": events})
 
-    @app.get("/events/{event_id}", response_class=HTMLResponse, name="event_page",
-             responses=PAGE_NOT_FOUND, summary="One event: sky map, counterparts, revisions (HTML)")
-    def event_page(request: Request, event_id: str,
-                   sort: PageSort = PageSort.CREDIBLE_LEVEL, order: Order = Order.ASC,
-                   revoked: bool = False) -> HTMLResponse:
-        event = catalog.event(event_id)
-        if event is None:
-            return missing_page(request, event_id)
-        toggle = {"sort": str(sort), "order": str(order)} | ({} if revoked
-                                                             else {"revoked": "true"})
-        return page(request, "event.html", {
-            "event": event, "revisions": catalog.revisions(event_id),
-            "refresh_seconds": settings.refresh_seconds,
-            "toggle_revoked": f"{event_path(event_id)}?{urlencode(toggle)}",
-            **counterparts(event_id, sort, order, revoked)})
-
-    @app.get("/events/{event_id}/counterparts", response_class=HTMLResponse,
+    # the figure and the fragment first: an event id may hold a "/"
+    @app.get("/events/{event_id:path}/counterparts", response_class=HTMLResponse,
              name="counterparts_fragment", responses=PAGE_NOT_FOUND,
              summary="The counterpart table of an event alone (HTML fragment, polled)")
     def counterparts_fragment(request: Request, event_id: str,
                               sort: PageSort = PageSort.CREDIBLE_LEVEL,
                               order: Order = Order.ASC, revoked: bool = False) -> HTMLResponse:
         if catalog.event(event_id) is None:
-            return missing_page(request, event_id)
+            return missing_page(request, _missing(event_id))
         return templates.TemplateResponse(request, "counterparts.html", {
             "object_url": settings.link, **counterparts(event_id, sort, order, revoked)})
 
-    @app.get("/events/{event_id}/skymap.png", name="skymap_png",
+    @app.get("/events/{event_id:path}/skymap.png", name="skymap_png",
              summary="Sky map, credible contours and matched alerts (PNG, cached)",
              response_class=Response,
              responses={200: {"content": {"image/png": {}}, "description": "the figure"},
@@ -230,6 +226,22 @@ def create_app(store_url: str, config: Config) -> FastAPI:
             raise HTTPException(404, detail=str(exc)) from exc
         return Response(data, media_type="image/png",
                         headers={"Cache-Control": "no-cache", "ETag": f'"{fingerprint}"'})
+
+    @app.get("/events/{event_id:path}", response_class=HTMLResponse, name="event_page",
+             responses=PAGE_NOT_FOUND, summary="One event: sky map, counterparts, revisions (HTML)")
+    def event_page(request: Request, event_id: str,
+                   sort: PageSort = PageSort.CREDIBLE_LEVEL, order: Order = Order.ASC,
+                   revoked: bool = False) -> HTMLResponse:
+        event = catalog.event(event_id)
+        if event is None:
+            return missing_page(request, _missing(event_id))
+        toggle = {"sort": str(sort), "order": str(order)} | ({} if revoked
+                                                             else {"revoked": "true"})
+        return page(request, "event.html", {
+            "event": event, "revisions": catalog.revisions(event_id),
+            "refresh_seconds": settings.refresh_seconds,
+            "toggle_revoked": f"{event_path(event_id)}?{urlencode(toggle)}",
+            **counterparts(event_id, sort, order, revoked)})
 
     # -- JSON API ----------------------------------------------------------------------
 
@@ -246,7 +258,7 @@ def create_app(store_url: str, config: Config) -> FastAPI:
                                           until=_mjd("until", until), limit=limit))
         return [EventOut.of(e) for e in rows]
 
-    @app.get("/api/events/{event_id}", response_model=EventDetailOut, responses=NOT_FOUND,
+    @app.get("/api/events/{event_id:path}", response_model=EventDetailOut, responses=NOT_FOUND,
              summary="One event with its revisions")
     def api_event(event_id: str) -> EventDetailOut:
         event = known(event_id)
@@ -265,12 +277,12 @@ def create_app(store_url: str, config: Config) -> FastAPI:
             since: Annotated[str | None, _time_query("alert time >= this")] = None,
             until: Annotated[str | None, _time_query("alert time <= this")] = None,
             include_revoked: bool = False,
-            limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 1000) -> list[MatchOut]:
+            limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 1000) -> list[BaseModel]:
         rows = catalog.matches(MatchFilter(
             event_id=event_id, kind=kind, instrument=instrument,
             max_credible_level=max_credible_level, max_p_chance=max_p_chance,
             since=_mjd("since", since), until=_mjd("until", until),
             include_revoked=include_revoked, limit=limit))
-        return [MatchOut.of(m, settings.link(m.object_id)) for m in rows]
+        return [match_out(m, settings.link(m.object_id)) for m in rows]
 
     return app

@@ -6,9 +6,10 @@ per deg^2; distances Mpc; ``time_offset`` days (alert minus trigger); FAR Hz.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import fields
+from typing import Any, get_type_hints
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from mmcross.catalogs.queries import EventStatus, EventSummary, RevisionSummary
 from mmcross.model.match import Match
@@ -77,29 +78,33 @@ class EventDetailOut(EventOut):
     revision_history: list[RevisionOut]
 
 
-class MatchOut(BaseModel):
-    """A match report (the fields of ``Match.to_record()``) and the Rubin object's link."""
+#: Descriptions of the match report fields in the schema (units, frames).
+MATCH_FIELDS_HELP = {
+    "event_time": "event trigger time, ISO UTC", "alert_id": "Rubin diaSourceId",
+    "object_id": "Rubin diaObjectId", "ra": "degrees ICRS", "dec": "degrees ICRS",
+    "alert_time": "ISO UTC", "time_offset": "alert minus trigger, days",
+    "credible_level": "searched probability at the alert, 0..1", "searched_area": "deg^2",
+    "prob_density": "per deg^2", "distance_mean": "Mpc (GW maps)",
+    "distance_std": "Mpc (GW maps)", "retracted": "true once the match is revoked",
+}
 
-    event_id: str
-    event_revision: int
-    event_kind: str
-    instrument: str
-    event_time: str = Field(description="event trigger time, ISO UTC")
-    alert_id: int = Field(description="Rubin diaSourceId")
-    object_id: str = Field(description="Rubin diaObjectId")
-    ra: float = Field(description="degrees ICRS")
-    dec: float = Field(description="degrees ICRS")
-    alert_time: str = Field(description="ISO UTC")
-    time_offset: float = Field(description="alert minus trigger, days")
-    credible_level: float = Field(description="searched probability at the alert, 0..1")
-    searched_area: float = Field(description="deg^2")
-    prob_density: float = Field(description="per deg^2")
-    distance_mean: float | None = Field(description="Mpc (GW maps)")
-    distance_std: float | None = Field(description="Mpc (GW maps)")
-    p_chance: float
-    retracted: bool
-    object_url: str = Field(description="page of the Rubin object ([web] object_url)")
 
-    @classmethod
-    def of(cls, m: Match, object_url: str) -> MatchOut:
-        return cls(**m.to_record(), object_url=object_url)
+def _match_model() -> type[BaseModel]:
+    """A model with every field of :class:`~mmcross.model.match.Match` (so the API follows
+    the match report as it grows) and ``object_url``."""
+    hints = get_type_hints(Match)
+    columns: dict[str, Any] = {
+        f.name: (hints[f.name], Field(description=MATCH_FIELDS_HELP.get(f.name, f.name)))
+        for f in fields(Match)}
+    columns["object_url"] = (str, Field(description="page of the Rubin object ([web] "
+                                                    "object_url)"))
+    return create_model("MatchOut", __doc__="A match report (the fields of "
+                        "``Match.to_record()``) and the Rubin object's link.", **columns)
+
+
+MatchOut = _match_model()
+
+
+def match_out(m: Match, object_url: str) -> BaseModel:
+    """The API record of ``m`` with the link of its Rubin object."""
+    return MatchOut(**m.to_record(), object_url=object_url)
