@@ -14,8 +14,9 @@ own (``scripts/kafka_local.py``), in time order, while a driver
   (partitions rebalance when it joins and leaves; each listener has its own store).
 
 The stream waits for every alert published so far to be committed, and for every running
-listener to hold a notice, before publishing what comes after a notice, so that the expected
-outputs are those of the offline engine over the same sequence. At the end a ``read_committed``
+listener to hold a notice, before publishing what comes after a notice (and before each new
+event's alerts), so that the expected outputs are those of the offline engine over the same
+sequence. At the end a ``read_committed``
 reader counts every record of the report, VOEvent and dead-letter topics, by (key, revision,
 match or revocation): each expected record must be there once, nothing else.
 
@@ -111,7 +112,8 @@ commit_timeout = 60.0
 
 @dataclass
 class Step:
-    """One publication: a notice (topic, bytes, parsed event) or a chunk of alert messages."""
+    """One publication: a notice (topic, bytes, parsed event) or a chunk of alert messages;
+    or a barrier (wait until every alert published so far is committed)."""
 
     kind: str
     topic: str = ""
@@ -123,7 +125,13 @@ class Step:
 def build_stream(config: Config, tag: str, n_alerts: int, rng: np.random.Generator,
                  chunk: int) -> list[Step]:
     """The time-ordered stream: per event, alerts before its notice, the notice, alerts
-    after it (updates and the retraction of the GW in between); ``n_alerts`` in all."""
+    after it (updates and the retraction of the GW in between); ``n_alerts`` in all.
+
+    A barrier before each new event's alerts: the engine expires an event when a batch's
+    oldest alert is past its window, and partitions are read at different paces, so without
+    it a batch of the next event's (years later) alerts could expire the previous event
+    before the last of its own alerts were read -- not what the offline reference, which
+    reads the chunks in order, does."""
     opts = notice_options(config)
 
     def notice(path: str, topic: str) -> Step:
@@ -155,9 +163,11 @@ def build_stream(config: Config, tag: str, n_alerts: int, rng: np.random.Generat
                         (i + 1) * 10**7)
     steps.append(gw[3])
     steps += alerts(gw[0].event, share // 2, t_gw + 0.4, 0.1, 4 * 10**7)  # after retraction
+    steps.append(Step("barrier"))
     steps += alerts(nu.event, share // 2, t_nu - 0.005, 0.05, 5 * 10**7)
     steps.append(nu)
     steps += alerts(nu.event, share + share // 2, t_nu + 0.05, 0.2, 6 * 10**7)
+    steps.append(Step("barrier"))
     steps += alerts(grbs[0].event, share // 2, t_grb - 0.005, 0.05, 7 * 10**7)
     steps += grbs
     rest = n_alerts - sum(len(s.alerts) for s in steps if s.kind == "alerts")
@@ -172,6 +182,8 @@ def expected_records(config: Config, steps: list[Step]) -> tuple[Counter, list[b
     records: Counter = Counter()
     dead: list[bytes] = []
     for step in steps:
+        if step.kind == "barrier":
+            continue
         if step.kind == "notice":
             found = engine.on_notice(step.event).reports
         else:
@@ -407,6 +419,11 @@ def run_soak(broker, *, n_alerts: int = 200_000, kills: int = 20, broker_restart
             for listener in running:
                 if listener is not a:
                     listener.check_alive()
+            if step.kind == "barrier":
+                wait_for(lambda n=published: committed(bootstrap, names["group"],
+                                                       names["alerts"]) == n,
+                         "alerts committed before the next event's alerts")
+                continue
             if step.kind == "notice":
                 wait_for(lambda n=published: committed(bootstrap, names["group"],
                                                        names["alerts"]) == n,
