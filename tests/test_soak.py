@@ -1,6 +1,6 @@
 """The soak of ``scripts/soak.py``, small: three kill -9 and one broker SIGKILL + restart.
 
-Real GCN notices (a GW with two updates and a retraction, a neutrino, two GRBs) and 20,000
+Real GCN notices (a GW with two updates and a retraction, a neutrino, two GRBs) and 10,000
 simulated Rubin alerts go through ``mmcross listen`` while it is killed three times at random
 moments and the broker is killed and restarted once; a ``read_committed`` reader then finds
 every record the offline engine expects (reports, revocations, VOEvents, dead letters) exactly
@@ -35,7 +35,7 @@ def test_three_kills_and_a_broker_kill_lose_and_repeat_nothing(local_kafka, shar
                                                                tmp_path: Path) -> None:
     shared_file("gcn/json/userguide/MS181101ab-retraction.json")  # skips without the data
     soak = _soak_module()
-    result = soak.run_soak(local_kafka, n_alerts=20_000, kills=3, broker_restarts=1,
+    result = soak.run_soak(local_kafka, n_alerts=10_000, kills=3, broker_restarts=1,
                            second_listener=False, seed=3, workdir=tmp_path)
     assert result["kills"] == 3
     topics = result["topics"]
