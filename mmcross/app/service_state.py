@@ -70,7 +70,7 @@ def declare_metrics(metrics: Metrics) -> Metrics:
             ("alerts_total", "Alerts read and decoded."),
             ("matches_total", "New matches reported."),
             ("revocations_total", "Match revocations reported."),
-            ("reports_delivered_total", "Match reports acknowledged by the output."),
+            ("reports_delivered_total", "Match reports committed to the output."),
             ("dead_letters_total", "Refused input messages, by error class."),
             ("notices_total", "GCN notices read, by outcome."),
             ("transport_errors_total", "Kafka transport errors seen."),
@@ -101,7 +101,8 @@ class EngineLoop:
     (where partner stream matches go: an object with ``write(matches)``, or ``None``).
     """
 
-    #: True when a sink's write is its delivery (files), False when a broker acknowledges.
+    #: True when reports count as delivered once written (spool), False when the service counts
+    #: them at its transaction's commit (Kafka).
     reports_delivered_on_write = False
 
     def _apply_event(self, event: Event) -> None:
