@@ -127,7 +127,7 @@ def _listen_overrides(args: argparse.Namespace) -> dict:
         kafka["bootstrap_servers"] = args.bootstrap_servers
     if args.alert_topic:
         kafka["alert_topics"] = list(args.alert_topic)
-    for key in ("report_topic", "voevent_topic", "dead_letter_topic", "group_id"):
+    for key in ("report_topic", "voevent_topic", "dead_letter_topic", "group_id", "instance"):
         if getattr(args, key) is not None:
             kafka[key] = getattr(args, key)
     if args.notice_topic:
@@ -311,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notice-topic", action="append", metavar="TOPIC",
                    help="GCN notice topic, e.g. igwn.gwalert (repeatable; replaces the list)")
     p.add_argument("--group-id", help="alert consumer group shared by the listen processes")
+    p.add_argument("--instance", metavar="NAME",
+                   help="this process's name in its group (default: host name); its Kafka "
+                        "transactional id is <group id>.<NAME>")
     p.add_argument("--db", help="SQLAlchemy URL of the store (default: store.url)")
     p.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any free port)")
