@@ -174,9 +174,9 @@ class EmbeddedService(EngineLoop):
         ``<name>.reason.txt`` when ``reason`` is given)."""
         assert self.spool is not None
         target = self.spool.destination(item, failed=reason is not None)
-        if reason is not None:
-            self._txn.put_file(target.with_name(target.name + ".reason.txt"),
-                               (reason + "\n").encode())
+        if reason is not None:  # beside the file; a name too long for the suffix is cut
+            self._txn.put_file(target.with_name(target.name[:200] + ".reason.txt"),
+                               (reason + "\n").encode("utf-8", "backslashreplace"))
         self._commit([(item.path, target)])
         self.spool.forget(item)
 
