@@ -38,6 +38,12 @@ from mmcross.brokers import avro_skip
 from mmcross.brokers.rubin_schemas import RubinSchema, get_schema
 from mmcross.model.alert import AlertBatch
 from mmcross.model.errors import BadAlertError
+from mmcross.model.plausibility import (
+    EARLIEST_MJD,
+    FUTURE_MARGIN_DAYS,
+    implausible_mjd,
+    now_mjd,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +112,16 @@ def _read_long(buf: bytes, pos: int, source: str) -> tuple[int, int]:
             raise BadAlertError(f"malformed Avro varint at byte {pos}", source=source)
 
 
-def _check(alert_id: Any, ra: Any, dec: Any, mjd: Any, source: str) -> None:
+JD_MJD = 2400000.5  # Julian Date minus Modified Julian Date, days
+
+
+def _plausible_mjd(mjd: np.ndarray, now: float) -> np.ndarray:
+    """Which times (MJD) lie in the survey era (:mod:`mmcross.model.plausibility`)."""
+    return (mjd >= EARLIEST_MJD) & (mjd <= now + FUTURE_MARGIN_DAYS)
+
+
+def _check(alert_id: Any, ra: Any, dec: Any, mjd: Any, source: str,
+           now: float | None = None) -> None:
     if not isinstance(alert_id, int):
         raise BadAlertError(f"alert id is {alert_id!r}, not an integer", source=source)
     if not (isinstance(ra, float) and isinstance(dec, float)
@@ -117,6 +132,8 @@ def _check(alert_id: Any, ra: Any, dec: Any, mjd: Any, source: str) -> None:
     if not (isinstance(mjd, float) and math.isfinite(mjd)):
         raise BadAlertError(f"alert {alert_id} has time {mjd!r}, not a finite MJD",
                             source=source)
+    if (why := implausible_mjd(mjd, f"alert {alert_id} time", now=now)) is not None:
+        raise BadAlertError(why, source=source)
 
 
 def split_wire(message: bytes, source: str = "") -> tuple[int, memoryview]:
@@ -241,7 +258,9 @@ def _decode_columns(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
     is_new = ~d.has_history & ~d.sso
     mag = ab_mag_from_njy(d.psf_flux)
     ok = d.status == avro_skip.OK
-    in_range = (ra >= 0.0) & (ra <= 360.0) & (dec >= -90.0) & (dec <= 90.0) & np.isfinite(mjd)
+    now = now_mjd()
+    in_range = ((ra >= 0.0) & (ra <= 360.0) & (dec >= -90.0) & (dec <= 90.0)
+                & _plausible_mjd(mjd, now))
     good = ok & ~d.id_null & in_range
     object_id = np.empty(len(ok), dtype=object)
     plain = good & (d.object_id != 0)
@@ -264,7 +283,7 @@ def _decode_columns(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
                                     int(d.schema_id[i]), source, wire)
             elif not good[i]:
                 _check(None if d.id_null[i] else int(alert_id[i]), float(ra[i]), float(dec[i]),
-                       float(mjd[i]), source)
+                       float(mjd[i]), source, now)
                 raise BadAlertError("alert has a null diaSourceId", source=source)
             elif not d.sso[i]:  # no diaObjectId in diaSource: read it from diaObject
                 schema = get_schema(int(d.schema_id[i]) if wire else body_schema_id)
@@ -459,14 +478,15 @@ def decode_ztf_roles(buf: np.ndarray, ivals: np.ndarray, fvals: np.ndarray,
     """
     errors: list[BadAlertError] = []
     ra, dec, jd = fvals[:, ZTF_RA], fvals[:, ZTF_DEC], fvals[:, ZTF_JD]
+    now = now_mjd()
     good = (present[:, ZTF_CANDID] & present[:, ZTF_OBJECT] & (ra >= 0.0) & (ra <= 360.0)
-            & (dec >= -90.0) & (dec <= 90.0) & np.isfinite(jd))
+            & (dec >= -90.0) & (dec <= 90.0) & _plausible_mjd(jd - JD_MJD, now))
     for i in np.flatnonzero(~good).tolist():
         try:
             if not present[i, ZTF_OBJECT]:
                 raise BadAlertError("ZTF alert without objectId", source=source_of(i))
             _check(int(ivals[i, ZTF_CANDID]) if present[i, ZTF_CANDID] else None,
-                   float(ra[i]), float(dec[i]), float(jd[i]), source_of(i))
+                   float(ra[i]), float(dec[i]), float(jd[i]) - JD_MJD, source_of(i), now)
         except BadAlertError as exc:
             exc.index = i
             errors.append(exc)
