@@ -73,6 +73,8 @@ WIRE_STREAM_MAGIC = b"MMCROSS-WIRE-STREAM-1\n"
 CONTAINER_MAGIC = b"Obj\x01"
 _LEN = struct.Struct(">I")
 ALERT_SUFFIXES = (".avro", ".wires")
+#: Largest single wire-format message file read, bytes (an alert with cutouts: ~150 KiB).
+MAX_MESSAGE_BYTES = 64 << 20
 
 ErrorCallback = Callable[[BadAlertError], None]
 
@@ -307,8 +309,12 @@ def iter_file_items(path: str | Path, *, keep_packets: bool = True, chunk: int =
                 yield from _wire_stream_items(f, path, keep_packets, chunk)
             elif start[:1] == b"\x00":
                 f.seek(0)
+                data = f.read(MAX_MESSAGE_BYTES + 1)
                 try:
-                    yield decode_wire_row(f.read(), f"{path}#0", keep_packet=keep_packets)
+                    if len(data) > MAX_MESSAGE_BYTES:
+                        raise BadAlertError(f"wire-format message longer than "
+                                            f"{MAX_MESSAGE_BYTES} bytes", source=f"{path}#0")
+                    yield decode_wire_row(data, f"{path}#0", keep_packet=keep_packets)
                 except BadAlertError as exc:
                     exc.index = 0
                     yield exc

@@ -164,9 +164,36 @@ def read_header(data: bytes | memoryview, source: str) -> ContainerHeader:
     return ContainerHeader(schema, codec, sync, pos + SYNC_SIZE, meta)
 
 
+#: Largest decompressed block accepted, bytes (writers flush every 16-64 KiB by default).
+MAX_BLOCK_BYTES = 64 << 20
+
+
+def _too_big(size: int) -> ValueError:
+    return ValueError(f"block inflates past {MAX_BLOCK_BYTES} bytes ({size} announced or "
+                      "reached)")
+
+
+def _bounded(decompressor: Any, raw: bytes | memoryview) -> bytes:
+    """``raw`` through a zlib/bz2/lzma decompressor object, at most MAX_BLOCK_BYTES out."""
+    out = decompressor.decompress(bytes(raw), MAX_BLOCK_BYTES + 1)
+    if len(out) > MAX_BLOCK_BYTES or getattr(decompressor, "unconsumed_tail", b""):
+        raise _too_big(len(out))
+    if not decompressor.eof:
+        raise ValueError("block ends inside its compressed stream")
+    return out
+
+
 def _snappy(raw: bytes | memoryview) -> bytes:
     if len(raw) < 4:
         raise ValueError("snappy block shorter than its CRC")
+    announced, shift = 0, 0
+    for b in bytes(raw[:5]):  # the raw snappy preamble: uncompressed length, varint
+        announced |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    if announced > MAX_BLOCK_BYTES:
+        raise _too_big(announced)
     out = bytes(cramjam.snappy.decompress_raw(bytes(raw[:-4])))
     if zlib.crc32(out) != int.from_bytes(raw[-4:], "big"):
         raise ValueError("snappy block CRC-32 mismatch")
@@ -175,10 +202,10 @@ def _snappy(raw: bytes | memoryview) -> bytes:
 
 _DECOMPRESS = {
     "null": None,
-    "deflate": lambda raw: zlib.decompress(raw, -15),
+    "deflate": lambda raw: _bounded(zlib.decompressobj(-15), raw),
     "snappy": _snappy,
-    "bzip2": bz2.decompress,
-    "xz": lzma.decompress,
+    "bzip2": lambda raw: _bounded(bz2.BZ2Decompressor(), raw),
+    "xz": lambda raw: _bounded(lzma.LZMADecompressor(), raw),
 }
 
 
@@ -221,6 +248,9 @@ def iter_blocks(buf: np.ndarray, header: ContainerHeader, source: str
                 raise ValueError(f"no sync marker after the block at byte {p}")
             block = Block(buf, p, p + size, first, count) if decompress is None else Block(
                 np.frombuffer(decompress(raw[p:p + size]), np.uint8), 0, -1, first, count)
+            held = size if decompress is None else len(block.data)
+            if count > held:  # every record takes at least one byte
+                raise ValueError(f"block of {held} bytes cannot hold {count} records")
         except (ValueError, OSError, zlib.error, lzma.LZMAError, cramjam.DecompressionError
                 ) as exc:
             what = f"records from #{first}" if count < 0 else \
