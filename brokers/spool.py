@@ -33,6 +33,7 @@ moves are skipped once done.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 NOTICE_SUFFIXES = (".xml", ".json")
 IGNORED_SUFFIXES = (".tmp", ".part", ".reason.txt")
 DETECTIONS_DIR = "detections"
+SYMLINK = "symlink"  # the kind of an input that is a symbolic link: refused, never followed
+NAME_MAX = 255  # bytes of one file name (Linux, macOS)
 PARTNER_MATCHES = "partner_matches.jsonl"
 
 
@@ -64,6 +67,17 @@ class SpoolFile:
     kind: str
     size: int
     mtime: float
+
+
+def fit_name(name: str, suffix: str = "") -> str:
+    """``name + suffix``, with ``name`` cut (and a hash of it added) when the whole would
+    be longer than :data:`NAME_MAX` bytes."""
+    whole = name + suffix
+    if len(os.fsencode(whole)) <= NAME_MAX:
+        return whole
+    raw = os.fsencode(name)
+    keep = NAME_MAX - len(os.fsencode(suffix)) - 13
+    return f"{os.fsdecode(raw[:keep])}~{hashlib.sha256(raw).hexdigest()[:12]}{suffix}"
 
 
 def classify(path: Path, inbox: Path) -> str:
@@ -126,10 +140,11 @@ class FileSpool:
             if name.startswith(".") or name.endswith(IGNORED_SUFFIXES):
                 continue
             try:
-                st = path.stat()
+                st = path.lstat()
             except OSError:
                 continue
-            if not path.is_file():
+            link = path.is_symlink()  # dangling, looping or not: refused, never followed
+            if not link and not path.is_file():
                 continue
             prev = self._seen.get(path)
             if prev is None or prev[:2] != (st.st_size, st.st_mtime):
@@ -138,7 +153,7 @@ class FileSpool:
             current[path] = prev
             if now - prev[2] >= self.settle:
                 try:
-                    kind = classify(path, self.inbox)
+                    kind = SYMLINK if link else classify(path, self.inbox)
                 except OSError:
                     continue
                 found.append(SpoolFile(path, kind, st.st_size, st.st_mtime))
@@ -148,15 +163,16 @@ class FileSpool:
 
     def pending(self) -> int:
         """Files waiting in ``in/`` (settled or not)."""
-        return sum(1 for p in self.inbox.rglob("*") if p.is_file()
+        return sum(1 for p in self.inbox.rglob("*") if (p.is_file() or p.is_symlink())
                    and not p.name.startswith(".") and not p.name.endswith(IGNORED_SUFFIXES))
 
     def destination(self, item: SpoolFile, failed: bool = False) -> Path:
         """Where :meth:`SpoolJournal` moves a handled file: ``done/`` (``failed/`` when
         refused), same relative path; a name handled before gets a ``.<ns>`` suffix."""
         target = (self.failed if failed else self.done) / item.path.relative_to(self.inbox)
-        if target.exists():
-            target = target.with_name(f"{target.stem}.{time.time_ns()}{target.suffix}")
+        if os.path.lexists(target):
+            target = target.with_name(fit_name(f"{target.stem}.{time.time_ns()}",
+                                               target.suffix))
         return target
 
     def forget(self, item: SpoolFile) -> None:
@@ -274,7 +290,7 @@ class SpoolJournal:
                 os.replace(staged, target)
                 _fsync_dir(Path(target).parent)
         for source, target in record["moves"]:
-            if Path(source).exists():
+            if os.path.lexists(source):
                 Path(target).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(source, target)
                 _fsync_dir(Path(target).parent)

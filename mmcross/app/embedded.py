@@ -40,6 +40,7 @@ from mmcross.brokers.alert_files import iter_alert_batches
 from mmcross.brokers.sinks import JournaledLines, JournaledVOEvents
 from mmcross.brokers.spool import (
     PARTNER_MATCHES,
+    SYMLINK,
     FileSpool,
     OutputTransaction,
     SpoolFile,
@@ -50,13 +51,16 @@ from mmcross.listeners import parse_notice
 from mmcross.listeners.partner_detections import parse_detections
 from mmcross.listeners.partners import SubmissionRefusedError
 from mmcross.model.config import Config, notice_options
-from mmcross.model.errors import MmcrossError, NotAnEventError
+from mmcross.model.errors import BadNoticeError, MmcrossError, NotAnEventError
 
 if TYPE_CHECKING:
     from mmcross.catalogs import Store
 
 
 log = logging.getLogger(__name__)
+
+#: Largest notice file read, bytes (an LVK notice with its base64 sky map: a few MiB).
+MAX_NOTICE_BYTES = 64 << 20
 
 
 @dataclass
@@ -225,7 +229,11 @@ class EmbeddedService(EngineLoop):
         for item in self.spool.ready():
             if self._stop.is_set():
                 break
-            if item.kind == "notice":
+            if item.kind == SYMLINK:
+                log.warning("spool input %s is a symbolic link: refused", item.path)
+                self._finish(item, "refused: a symbolic link (spool inputs must be regular "
+                                   "files, links are never followed)")
+            elif item.kind == "notice":
                 self._notice_file(item)
             elif item.kind == "detections":
                 self._detections_file(item)
@@ -244,6 +252,9 @@ class EmbeddedService(EngineLoop):
     def _notice_file(self, item: SpoolFile) -> None:
         assert self.engine is not None
         try:
+            if item.size > MAX_NOTICE_BYTES:
+                raise BadNoticeError(f"{item.path}: {item.size} bytes, more than a notice "
+                                     f"file may hold ({MAX_NOTICE_BYTES})")
             event = parse_notice(item.path.read_bytes(), source=str(item.path),
                                  **notice_options(self.config))
         except NotAnEventError as exc:
