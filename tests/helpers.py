@@ -189,7 +189,8 @@ def unique_names() -> dict[str, str]:
     tag = uuid.uuid4().hex[:10]
     return {"alerts": f"alerts-{tag}", "reports": f"reports-{tag}",
             "voevents": f"voevents-{tag}", "dead": f"dead-{tag}", "group": f"mmcross-{tag}",
-            "gw": f"igwn.gwalert.test-{tag}"}
+            "gw": f"igwn.gwalert.test-{tag}",
+            "gbm": f"gcn.classic.voevent.FERMI_GBM_GND_POS.test-{tag}"}
 
 def sim_night(n: int, start: float, days: float, loc, n_inject: int, t0: float, t1: float,
            first_id: int, seed: int):

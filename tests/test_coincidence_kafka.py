@@ -64,9 +64,7 @@ def test_listen_publishes_the_coincidence_of_two_notices(kafka_broker, shared_fi
     from mmcross.app.service import ListenService
     from mmcross.catalogs import Store
     from tests.helpers import (
-        GBM_TOPIC,
-        GW_TOPIC,
-        produce_values,
+                produce_values,
         service_config,
         unique_names,
         wait_for,
@@ -76,9 +74,9 @@ def test_listen_publishes_the_coincidence_of_two_notices(kafka_broker, shared_fi
     coinc_topic = f"coincidences-{names['group']}"
     create_topics(kafka_broker, [names["alerts"], names["reports"], names["voevents"],
                                  names["dead"], coinc_topic], 1)
-    create_topics(kafka_broker, [GW_TOPIC, GBM_TOPIC], 1)
+    create_topics(kafka_broker, [names["gw"], names["gbm"]], 1)
     config = Config.load(service_config(tmp_path / "c.toml", kafka_broker, names,
-                                        notice_topics=[GW_TOPIC, GBM_TOPIC]),
+                                        notice_topics=[names["gw"], names["gbm"]]),
                          overrides={"kafka": {"coincidence_topic": coinc_topic}})
     gw = read_notice_file(shared_file(GW_NOTICE))
     ra, dec = (float(x[0]) for x in gw.localization.sample(1, np.random.default_rng(5)))
@@ -88,8 +86,8 @@ def test_listen_publishes_the_coincidence_of_two_notices(kafka_broker, shared_fi
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     try:
-        produce_values(kafka_broker, GW_TOPIC, [shared_file(GW_NOTICE).read_bytes()])
-        produce_values(kafka_broker, GBM_TOPIC, [gbm_xml])
+        produce_values(kafka_broker, names["gw"], [shared_file(GW_NOTICE).read_bytes()])
+        produce_values(kafka_broker, names["gbm"], [gbm_xml])
         wait_for(lambda: service.engine is not None and service.engine.live_coincidences,
                  "coincidence found")
         (found,) = service.engine.live_coincidences

@@ -35,9 +35,7 @@ from mmcross.model.config import Config, notice_options
 from tests.helpers import (
     DEADLINE,
     GBM_NOTICE,
-    GBM_TOPIC,
     GW_NOTICE,
-    GW_TOPIC,
     create_topics,
     group_offset,
     injected_in,
@@ -145,9 +143,9 @@ def test_listen_reports_each_expected_match_once_and_dead_letters_garbage(
     names = unique_names()
     create_topics(kafka_broker, [names["alerts"]], 3)
     create_topics(kafka_broker, [names["reports"], names["voevents"], names["dead"]], 2)
-    create_topics(kafka_broker, [GW_TOPIC, GBM_TOPIC], 1)
+    create_topics(kafka_broker, [names["gw"], names["gbm"]], 1)
     config = Config.load(service_config(tmp_path / "c.toml", kafka_broker, names,
-                                         notice_topics=[GW_TOPIC, GBM_TOPIC]))
+                                         notice_topics=[names["gw"], names["gbm"]]))
     gw, gbm = _events(config, notices)
     g0, b0 = gw.trigger_mjd_tai, gbm.trigger_mjd_tai
     early = sim_night(500, g0 - 0.005, 0.1, gw.localization, 5, g0, g0 + 0.1, 0, 1)
@@ -167,8 +165,8 @@ def test_listen_reports_each_expected_match_once_and_dead_letters_garbage(
         total = len(early_msgs) + len(garbage)
         wait_for(lambda: group_offset(kafka_broker, names["group"], alerts) == total,
                  "early alerts")
-        produce_values(kafka_broker, GW_TOPIC, [notices["gw"]])
-        produce_values(kafka_broker, GBM_TOPIC, [notices["gbm"]])
+        produce_values(kafka_broker, names["gw"], [notices["gw"]])
+        produce_values(kafka_broker, names["gbm"], [notices["gbm"]])
         wait_for(lambda: service.engine is not None and gw.event_id in service.engine.index
               and gbm.event_id in service.engine.index, "notices applied")
         # ... the later ones after it; the GRB's night comes last (it expires the GW event).
@@ -237,9 +235,9 @@ def test_kill_9_mid_stream_and_restart_delivers_every_report_exactly_once(
     names = unique_names()
     create_topics(kafka_broker, [names["alerts"]], 3)
     create_topics(kafka_broker, [names["reports"], names["voevents"], names["dead"]], 2)
-    create_topics(kafka_broker, [GW_TOPIC, GBM_TOPIC], 1)
+    create_topics(kafka_broker, [names["gw"], names["gbm"]], 1)
     cfg = service_config(tmp_path / "c.toml", kafka_broker, names,
-                         notice_topics=[GW_TOPIC, GBM_TOPIC], batch_size=10)
+                         notice_topics=[names["gw"], names["gbm"]], batch_size=10)
     config = Config.load(cfg)
     gw, gbm = _events(config, notices)
     g0 = gw.trigger_mjd_tai
@@ -252,8 +250,8 @@ def test_kill_9_mid_stream_and_restart_delivers_every_report_exactly_once(
     assert len(offline_matches(config, [gw, gbm, chunks[0]])) >= 5
     db = f"sqlite:///{tmp_path / 'live.sqlite'}"
     log_path = tmp_path / "listen.log"
-    produce_values(kafka_broker, GW_TOPIC, [notices["gw"]])
-    produce_values(kafka_broker, GBM_TOPIC, [notices["gbm"]])
+    produce_values(kafka_broker, names["gw"], [notices["gw"]])
+    produce_values(kafka_broker, names["gbm"], [notices["gbm"]])
 
     # kill -9 mid-stream at named crash points (no luck involved): after the 5th record of a
     # transaction was produced, then after the 2nd commit of the restarted process
