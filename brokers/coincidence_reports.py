@@ -24,6 +24,7 @@ import fastavro
 import voeventparse as vp
 from lxml import etree
 
+from mmcross.brokers.voevent_out import voevent_param
 from mmcross.config import CONFIG_DIR
 from mmcross.model.coincidence import Coincidence
 
@@ -91,17 +92,7 @@ def coincidence_ivorn(record: Coincidence, *, stream: str = COINCIDENCE_STREAM) 
 
 
 def _param(name: str, value: object) -> vp.Param | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        data_type, text = "string", "true" if value else "false"
-    elif isinstance(value, int):
-        data_type, text = "int", str(value)
-    elif isinstance(value, float):
-        data_type, text = "float", repr(value)
-    else:
-        data_type, text = "string", str(value)
-    return vp.Param(name, value=text, unit=_UNITS.get(name), dataType=data_type, ac=False)
+    return voevent_param(name, value, unit=_UNITS.get(name))
 
 
 def coincidence_voevent(record: Coincidence, *, author_ivorn: str = DEFAULT_AUTHOR_IVORN,

@@ -65,7 +65,10 @@ def _utc(iso: str) -> dt.datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
 
 
-def _param(name: str, value: object) -> vp.Param | None:
+def voevent_param(name: str, value: object, *, unit: str | None = None,
+                  ucd: str | None = None) -> vp.Param | None:
+    """A ``What/Param`` holding ``value`` with its VOEvent ``dataType`` (``None`` for None):
+    booleans as ``"true"``/``"false"``, floats written with full precision (``repr``)."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -76,8 +79,11 @@ def _param(name: str, value: object) -> vp.Param | None:
         data_type, text = "float", repr(value)
     else:
         data_type, text = "string", str(value)
-    return vp.Param(name, value=text, unit=_UNITS.get(name), ucd=_UCDS.get(name),
-                    dataType=data_type, ac=False)
+    return vp.Param(name, value=text, unit=unit, ucd=ucd, dataType=data_type, ac=False)
+
+
+def _param(name: str, value: object) -> vp.Param | None:
+    return voevent_param(name, value, unit=_UNITS.get(name), ucd=_UCDS.get(name))
 
 
 def _cite(v: vp.Voevent, ivorn: str, cite_type: str) -> None:
