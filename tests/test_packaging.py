@@ -22,7 +22,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in (*FOLDERS, "pyproject.toml", "README.md"):
         path = REPO / name
         if path.is_dir():
-            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(path, src / name, symlinks=True,
+                            ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(path, src / name)
     out = tmp_path_factory.mktemp("wheel")
