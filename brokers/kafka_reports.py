@@ -42,7 +42,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from mmcross.brokers.reports import match_to_avro
+from mmcross.brokers.reports import match_records, record_to_avro
 from mmcross.brokers.voevent_out import counterpart_voevent, retraction_voevent
 from mmcross.model import crashpoints
 from mmcross.model.match import Match
@@ -52,9 +52,10 @@ log = logging.getLogger(__name__)
 Headers = list[tuple[str, bytes]]
 
 
-def report_headers(match: Match) -> Headers:
-    return [("mmcross.revision", str(match.event_revision).encode()),
-            ("mmcross.retracted", b"true" if match.retracted else b"false")]
+def record_headers(record: dict[str, Any]) -> Headers:
+    """Kafka headers of a report record (:func:`~mmcross.brokers.reports.match_records`)."""
+    return [("mmcross.revision", str(record["event_revision"]).encode()),
+            ("mmcross.retracted", b"true" if record["retracted"] else b"false")]
 
 
 class TransactionalOutput:
@@ -249,12 +250,14 @@ class KafkaReportSink:
 
     def write(self, matches: Sequence[Match]) -> None:
         """Add one report (and one VOEvent) per match or revocation to the transaction."""
-        for m in matches:
-            key = m.key.encode()
-            self.output.produce(self.report_topic, key, match_to_avro(m), report_headers(m))
+        for r in match_records(matches):
+            key = f"{r['event_id']}|{r['alert_id']}".encode()
+            headers = record_headers(r)
+            self.output.produce(self.report_topic, key, record_to_avro(r), headers)
             if self.voevent_topic:
+                m = Match(**r)
                 xml = retraction_voevent(m) if m.retracted else counterpart_voevent(m)
-                self.output.produce(self.voevent_topic, key, xml, report_headers(m))
+                self.output.produce(self.voevent_topic, key, xml, headers)
         self.sent += len(matches)
 
     def close(self) -> None:

@@ -14,8 +14,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import fields
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,12 +22,12 @@ from typing import Any
 import fastavro
 
 from mmcross.config import CONFIG_DIR
-from mmcross.model.match import Match
+from mmcross.model.match import MATCH_FIELDS, Match
+from mmcross.model.match_batch import MatchBatch
 
 log = logging.getLogger(__name__)
 
 MATCH_REPORT_SCHEMA_PATH = CONFIG_DIR / "match_report.avsc"
-_MATCH_FIELDS = tuple(f.name for f in fields(Match))
 
 
 @functools.cache
@@ -38,11 +37,25 @@ def match_report_schema() -> dict[str, Any]:
         return fastavro.parse_schema(json.load(f))
 
 
+def match_records(matches: Iterable[Match]) -> list[dict[str, Any]]:
+    """The report records (``Match.to_record()`` dicts) of a :class:`MatchBatch` (made from
+    its columns, no :class:`Match` objects) or of any iterable of matches."""
+    if isinstance(matches, MatchBatch):
+        return matches.records()
+    return [m.to_record() for m in matches]
+
+
+def record_to_avro(record: dict[str, Any]) -> bytes:
+    """A report record (:func:`match_records`) -> schemaless Avro bytes of
+    ``mmcross.match_report``."""
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, match_report_schema(), record)
+    return out.getvalue()
+
+
 def match_to_avro(match: Match) -> bytes:
     """A match -> schemaless Avro bytes of ``mmcross.match_report``."""
-    out = io.BytesIO()
-    fastavro.schemaless_writer(out, match_report_schema(), match.to_record())
-    return out.getvalue()
+    return record_to_avro(match.to_record())
 
 
 def match_from_avro(data: bytes) -> Match:
@@ -51,15 +64,25 @@ def match_from_avro(data: bytes) -> Match:
     return Match(**record)
 
 
+def record_to_json(record: dict[str, Any]) -> str:
+    """A report record as a one-line JSON object (NaN/inf refused: they are not JSON)."""
+    return json.dumps(record, allow_nan=False, separators=(",", ":"))
+
+
 def match_to_json(match: Match) -> str:
     """One match as a one-line JSON object (NaN/inf refused: they are not JSON)."""
-    return json.dumps(match.to_record(), allow_nan=False, separators=(",", ":"))
+    return record_to_json(match.to_record())
+
+
+def json_lines(matches: Sequence[Match]) -> str:
+    """The JSON Lines text of a batch of matches (one object per line, each line ended)."""
+    return "".join(record_to_json(r) + "\n" for r in match_records(matches))
 
 
 def match_from_json(line: str) -> Match:
     """A JSON object (one line of a report file) -> :class:`Match`."""
     record = json.loads(line)
-    return Match(**{k: record[k] for k in _MATCH_FIELDS if k in record})
+    return Match(**{k: record[k] for k in MATCH_FIELDS if k in record})
 
 
 class JsonLinesWriter:
@@ -76,7 +99,7 @@ class JsonLinesWriter:
 
     def write(self, matches: Iterable[Match]) -> int:
         """Append a batch of matches; returns how many were written."""
-        text = "".join(match_to_json(m) + "\n" for m in matches)
+        text = json_lines(matches if isinstance(matches, Sequence) else list(matches))
         if not text:
             return 0
         self._file.write(text)

@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmcross.brokers.reports import JsonLinesWriter, match_to_json
+from mmcross.brokers.reports import JsonLinesWriter, json_lines, match_to_json
 from mmcross.brokers.spool import OutputTransaction
 from mmcross.brokers.voevent_out import counterpart_voevent, retraction_voevent
 from mmcross.model.match import Match
+from mmcross.model.match_batch import MatchBatch
 
 JsonLinesSink = JsonLinesWriter
 
@@ -70,7 +71,11 @@ class JournaledLines:
         self._to_line = to_line
 
     def write(self, records: Sequence[Any]) -> None:
-        self._current().append(self.path, "".join(self._to_line(r) + "\n" for r in records))
+        if isinstance(records, MatchBatch):
+            text = json_lines(records)  # from the columns, no Match per row
+        else:
+            text = "".join(self._to_line(r) + "\n" for r in records)
+        self._current().append(self.path, text)
 
     def close(self) -> None:
         """Nothing: the service commits its transactions."""

@@ -44,6 +44,7 @@ from mmcross.model.errors import StoreError
 from mmcross.model.event import Event, EventKind, NoticeAction
 from mmcross.model.localization import Localization
 from mmcross.model.match import Match
+from mmcross.model.match_batch import MatchBatch
 from mmcross.model.regions import region_from_dict
 
 log = logging.getLogger(__name__)
@@ -139,21 +140,9 @@ def _add_later_columns(engine: Engine, url: str) -> None:
             conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
 
 
-def _match_values(m: Match) -> dict[str, Any]:
-    """A match as plain Python column values (numpy scalars converted)."""
-    return {
-        "event_id": str(m.event_id), "event_revision": int(m.event_revision),
-        "event_kind": str(m.event_kind), "instrument": str(m.instrument),
-        "event_time": str(m.event_time), "alert_id": int(m.alert_id),
-        "object_id": str(m.object_id), "ra": float(m.ra), "dec": float(m.dec),
-        "alert_time": str(m.alert_time), "time_offset": float(m.time_offset),
-        "credible_level": float(m.credible_level), "searched_area": float(m.searched_area),
-        "prob_density": float(m.prob_density), "distance_mean": _opt_float(m.distance_mean),
-        "distance_std": _opt_float(m.distance_std), "p_chance": float(m.p_chance),
-        "retracted": bool(m.retracted), "notice_ivorn": str(m.notice_ivorn or ""),
-        "supersedes_revision": (None if m.supersedes_revision is None
-                                else int(m.supersedes_revision)),
-    }
+def _match_record_values(record: dict[str, Any]) -> dict[str, Any]:
+    """A report record (:meth:`MatchBatch.records`: plain Python values) as column values."""
+    return {**record, "notice_ivorn": record["notice_ivorn"] or ""}
 
 
 def _match_from_row(row: MatchRow) -> Match:
@@ -414,18 +403,23 @@ class Store:
 
     # -- matches -----------------------------------------------------------------------
 
-    def save_matches(self, matches: list[Match]) -> list[Match]:
-        """Store matches, idempotent on (event_id, event_revision, alert_id).
+    def save_matches(self, matches: Sequence[Match]) -> MatchBatch:
+        """Store matches (a :class:`MatchBatch` or a list of :class:`Match`), idempotent on
+        (event_id, event_revision, alert_id).
 
         Returns:
             the matches that were not stored before (input order, duplicates dropped).
         """
-        unique: dict[tuple[str, int, int], Match] = {}
-        for m in matches:
-            unique.setdefault((str(m.event_id), int(m.event_revision), int(m.alert_id)), m)
+        batch = MatchBatch.from_matches(matches)
+        keys = list(zip(batch.event_id.tolist(), batch.columns["event_revision"].tolist(),
+                        batch.alert_id.tolist(), strict=True))
+        unique: dict[tuple[str, int, int], int] = {}
+        for row, key in enumerate(keys):
+            unique.setdefault(key, row)
         if not unique:
-            return []
-        values = [_match_values(m) for m in unique.values()]
+            return batch
+        records = batch.records()
+        values = [_match_record_values(records[row]) for row in unique.values()]
         table = MatchRow.__table__
         stmt = self._insert(table)
         with self._transaction(f"saving {len(values)} matches") as s:
@@ -440,9 +434,9 @@ class Store:
                 rows = [v for k, v in zip(unique, values, strict=True) if k in new_keys]
                 if rows:
                     s.execute(insert(table), rows)
-        new = [m for k, m in unique.items() if k in new_keys]
-        log.debug("saved %d new matches of %d", len(new), len(matches))
-        return new
+        new = np.array([row for key, row in unique.items() if key in new_keys], np.int64)
+        log.debug("saved %d new matches of %d", len(new), len(batch))
+        return batch.take(new)
 
     @staticmethod
     def _existing_match_keys(s: Session,

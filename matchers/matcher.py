@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import healpy as hp
 import numpy as np
-from astropy.time import Time
 
 from mmcross.matchers import kernels
 from mmcross.matchers.chance import BackgroundRate, p_chance
@@ -44,11 +43,14 @@ from mmcross.model.alert import AlertBatch
 from mmcross.model.config import Config
 from mmcross.model.errors import MmcrossError
 from mmcross.model.event import Event
-from mmcross.model.match import Match
+from mmcross.model.match_batch import NO_REVISION, MatchBatch
+from mmcross.model.timefmt import iso_utc_from_mjd_tai
 
 log = logging.getLogger(__name__)
 
 NSIDE_MAX = 2**kernels.ORDER_MAX
+_EVENT_COLUMNS = {"event_id": object, "event_revision": np.int64, "event_kind": object,
+                  "instrument": object, "event_time": object, "notice_ivorn": object}
 
 
 def alert_pixels(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
@@ -218,8 +220,9 @@ class Matcher:
             alert_index=ai, event_index=ei, event_ids=list(self._ids), time_offset=dt,
             p_chance=p_chance(self.background_rate, columns["searched_area"], dt), **columns)
 
-    def match(self, alerts: AlertBatch, only: Iterable[str] | None = None) -> list[Match]:
-        """All (alert, event) matches of a batch as :class:`Match` records.
+    def match(self, alerts: AlertBatch, only: Iterable[str] | None = None) -> MatchBatch:
+        """All (alert, event) matches of a batch as report columns (:class:`MatchBatch`:
+        no per-match Python object is made).
 
         Args:
             alerts: the batch (degrees ICRS, MJD TAI).
@@ -228,37 +231,33 @@ class Matcher:
         """
         found = self.match_arrays(alerts, only)
         if len(found) == 0:
-            return []
-        rows, inverse = np.unique(found.alert_index, return_inverse=True)
-        alert_iso = _iso_utc(Time(alerts.mjd_tai[rows], format="mjd", scale="tai")).tolist()
-        # per-event fields, computed once per event that matched
-        event_fields = {}
-        for number in np.unique(found.event_index).tolist():
+            return MatchBatch.empty()
+        a, e = found.alert_index, found.event_index
+        numbers = np.unique(e)
+        table = {name: np.empty(len(self._ids), dtype)
+                 for name, dtype in _EVENT_COLUMNS.items()}
+        for number in numbers.tolist():
             event = self._entries[found.event_ids[number]].event
-            event_fields[number] = {
-                "event_id": event.event_id, "event_revision": int(event.revision),
-                "event_kind": str(event.kind), "instrument": event.instrument,
-                "event_time": str(_iso_utc(event.trigger_time)[0]),
-                "notice_ivorn": event.ivorn,
-            }
+            table["event_id"][number] = event.event_id
+            table["event_revision"][number] = int(event.revision)
+            table["event_kind"][number] = str(event.kind)
+            table["instrument"][number] = event.instrument
+            table["event_time"][number] = iso_utc_from_mjd_tai(event.trigger_mjd_tai)[0]
+            table["notice_ivorn"][number] = event.ivorn
         has_distance = np.isfinite(found.distance_mean) & np.isfinite(found.distance_std)
-        mean = np.where(has_distance, found.distance_mean, np.nan).tolist()
-        std = np.where(has_distance, found.distance_std, np.nan).tolist()
-        a = found.alert_index
-        columns = zip(
-            found.event_index.tolist(), alerts.alert_id[a].tolist(),
-            alerts.object_id[a].tolist(), alerts.ra[a].tolist(), alerts.dec[a].tolist(),
-            inverse.tolist(), found.time_offset.tolist(), found.credible_level.tolist(),
-            found.searched_area.tolist(), found.prob_density.tolist(), has_distance.tolist(),
-            mean, std, found.p_chance.tolist(), strict=True)
-        return [
-            Match(**event_fields[e], alert_id=aid, object_id=str(oid), ra=ra, dec=dec,
-                  alert_time=alert_iso[t], time_offset=dt, credible_level=cl,
-                  searched_area=area, prob_density=dens,
-                  distance_mean=mu if has else None, distance_std=sd if has else None,
-                  p_chance=pc)
-            for (e, aid, oid, ra, dec, t, dt, cl, area, dens, has, mu, sd, pc) in columns
-        ]
+        rows, inverse = np.unique(a, return_inverse=True)
+        return MatchBatch({
+            **{name: column[e] for name, column in table.items()},
+            "alert_id": alerts.alert_id[a], "object_id": _as_text(alerts.object_id[a]),
+            "ra": alerts.ra[a], "dec": alerts.dec[a],
+            "alert_time": iso_utc_from_mjd_tai(alerts.mjd_tai[rows])[inverse],
+            "time_offset": found.time_offset, "credible_level": found.credible_level,
+            "searched_area": found.searched_area, "prob_density": found.prob_density,
+            "distance_mean": np.where(has_distance, found.distance_mean, np.nan),
+            "distance_std": np.where(has_distance, found.distance_std, np.nan),
+            "p_chance": found.p_chance, "retracted": np.zeros(len(a), bool),
+            "supersedes_revision": np.full(len(a), NO_REVISION, np.int64),
+        })
 
     # -- background rate -----------------------------------------------------------------
 
@@ -273,7 +272,9 @@ class Matcher:
         return self._rate.rate
 
 
-def _iso_utc(t: Time) -> np.ndarray:
-    """ISO 8601 UTC text with millisecond precision and a trailing 'Z' (1-d str array)."""
-    utc = Time(t, precision=3).utc
-    return np.char.add(np.atleast_1d(np.asarray(utc.isot, dtype=str)), "Z")
+def _as_text(values: np.ndarray) -> np.ndarray:
+    """An object array of Python ``str`` (the alert batch's ``object_id`` is text by contract;
+    a batch built by hand with numbers is converted)."""
+    if len(values) == 0 or isinstance(values[0], str):
+        return values
+    return np.array([str(v) for v in values], dtype=object)

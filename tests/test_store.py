@@ -324,7 +324,7 @@ def test_failure_between_writes_of_save_event_leaves_nothing(store, url, monkeyp
 
 
 def test_database_error_mid_batch_saves_no_match(store, url, monkeypatch):
-    real = store_module._match_values
+    real = store_module._match_record_values
 
     def second_breaks(m):
         values = real(m)
@@ -332,11 +332,11 @@ def test_database_error_mid_batch_saves_no_match(store, url, monkeypatch):
             values["event_kind"] = None  # NOT NULL violation inside the INSERT
         return values
 
-    monkeypatch.setattr(store_module, "_match_values", second_breaks)
+    monkeypatch.setattr(store_module, "_match_record_values", second_breaks)
     with pytest.raises(StoreError, match="saving 3 matches"):
         store.save_matches([make_match(alert_id=a) for a in (1, 2, 3)])
     assert _count(url, MatchRow) == 0
-    monkeypatch.setattr(store_module, "_match_values", real)
+    monkeypatch.setattr(store_module, "_match_record_values", real)
     assert len(store.save_matches([make_match(alert_id=a) for a in (1, 2, 3)])) == 3
 
 

@@ -2,8 +2,9 @@
 
 It wires the layers together without knowing any transport: callers (the replay driver, the
 live service) hand it parsed :class:`~mmcross.model.event.Event` objects and decoded
-:class:`~mmcross.model.alert.AlertBatch` objects, and it hands :class:`~mmcross.model.match.Match`
-records to the sinks (JSON Lines, VOEvents, Kafka...) and to the store.
+:class:`~mmcross.model.alert.AlertBatch` objects, and it hands match reports as columns
+(:class:`~mmcross.model.match.MatchBatch`, one per alert batch or notice) to the sinks (JSON
+Lines, VOEvents, Kafka...) and to the store.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
+
+from mmcross.app.live_matches import LiveMatches
 from mmcross.matchers import Matcher
 from mmcross.matchers.coincidence import CoincidenceSearch, Found
 from mmcross.matchers.history_match import retro_candidates
@@ -23,7 +27,7 @@ from mmcross.model.config import Config
 from mmcross.model.event import Event, EventKind, NoticeAction
 from mmcross.model.history import AlertHistory
 from mmcross.model.index import Change, SkyIndex
-from mmcross.model.match import Match
+from mmcross.model.match_batch import NO_REVISION, MatchBatch
 
 if TYPE_CHECKING:
     from mmcross.model.localization import Localization
@@ -33,9 +37,11 @@ log = logging.getLogger(__name__)
 
 
 class ReportSink(Protocol):
-    """Where match reports go. ``write`` gets new matches and revocations (retracted=True)."""
+    """Where match reports go. ``write`` gets new matches and revocations (retracted=True) as
+    one :class:`MatchBatch` per alert batch or notice (a sequence of :class:`Match`; sinks
+    that can should read its columns or :meth:`MatchBatch.records`)."""
 
-    def write(self, matches: Sequence[Match]) -> None: ...
+    def write(self, matches: MatchBatch) -> None: ...
 
     def close(self) -> None: ...
 
@@ -62,7 +68,7 @@ class NoticeOutcome:
 
     change: Change
     event: Event
-    reports: list[Match] = field(default_factory=list)
+    reports: MatchBatch = field(default_factory=MatchBatch.empty)
     coincidences: list[Coincidence] = field(default_factory=list)
 
 
@@ -95,8 +101,8 @@ class Engine:
         self.history = AlertHistory(config.longest_window_days,
                                     int(config.get("history.max_alerts", 20_000_000)))
         self.stats: Counter[str] = Counter()
-        # Live (not revoked) matches per event: event_id -> alert_id -> Match.
-        self._matches: dict[str, dict[int, Match]] = {}
+        # Live (not revoked) match reports per event, as columns.
+        self._matches = LiveMatches()
 
     # -- state -------------------------------------------------------------------------
 
@@ -116,13 +122,13 @@ class Engine:
                     saved["far_threshold"] = float("-inf")
                 record = Coincidence.from_record(saved)
                 self._coincidences[record.coincidence_id] = record
-            self._matches[event.event_id] = {
-                m.alert_id: m for m in self.store.matches(event.event_id, include_retracted=False)
-                if m.event_revision == event.revision
-            }
+            self._matches.forget(event.event_id)
+            self._matches.add(MatchBatch.from_matches(
+                m for m in self.store.matches(event.event_id, include_retracted=False)
+                if m.event_revision == event.revision))
         self.history.add(self.store.load_alert_history(0.0))
         log.info("restored %d live events, %d matches, %d alerts of history", len(events),
-                 sum(len(m) for m in self._matches.values()), len(self.history))
+                 self._matches.count(), len(self.history))
 
     def close(self) -> None:
         for sink in [*self.sinks, *self.coincidence_sinks]:
@@ -175,22 +181,20 @@ class Engine:
         past = retro_candidates(self.history, indexed.localization,
                                 self.config.credible_level, t0 + window.before,
                                 t0 + window.after)
-        found = self.matcher.match(past, only=[indexed.event_id]) if len(past) else []
+        found = (self.matcher.match(past, only=[indexed.event_id]) if len(past)
+                 else MatchBatch.empty())
         self.stats["retro_matches"] += len(found)
-        still = {m.alert_id for m in found}
-        revoked = self._revoke(indexed.event_id,
-                               [a for a in self._matches.get(indexed.event_id, {})
-                                if a not in still])
+        earlier = self._matches.of(indexed.event_id)
+        gone = earlier.alert_id[~np.isin(earlier.alert_id, found.alert_id)]
+        revoked = self._revoke(indexed.event_id, gone.tolist())
         # alerts still inside the new revision: their reports supersede the earlier ones
-        earlier = self._matches.get(indexed.event_id, {})
-        found = [replace(m, supersedes_revision=int(earlier[m.alert_id].event_revision))
-                 if m.alert_id in earlier else m for m in found]
-        self._matches[indexed.event_id] = {}
+        found = _superseding(found, self._matches.of(indexed.event_id))
+        self._matches.forget(indexed.event_id)
         return NoticeOutcome(change, indexed, self._emit(revoked + self._record(found)))
 
     # -- alerts ------------------------------------------------------------------------
 
-    def on_alerts(self, batch: AlertBatch) -> list[Match]:
+    def on_alerts(self, batch: AlertBatch) -> MatchBatch:
         """Match a batch of alerts against every live event; returns the new matches.
 
         Events whose window closed before the batch's oldest alert expire first (the
@@ -198,13 +202,13 @@ class Engine:
         event's window end is still matched correctly).
         """
         if len(batch) == 0:
-            return []
+            return MatchBatch.empty()
         self.stats["alerts"] += len(batch)
         for event in self.index.expire(float(batch.mjd_tai.min())):
             self.matcher.remove(event.event_id)
             if self.coincidences is not None:
                 self.coincidences.forget(event.event_id)
-            self._matches.pop(event.event_id, None)
+            self._matches.forget(event.event_id)
             self.stats["events_expired"] += 1
         self.matcher.observe(batch)
         found = self.matcher.match(batch)
@@ -215,11 +219,11 @@ class Engine:
 
     # -- coincidences -------------------------------------------------------------------
 
-    def _coincide(self, change: Change, event: Event) -> tuple[list[Coincidence], list[Match]]:
+    def _coincide(self, change: Change, event: Event) -> tuple[list[Coincidence], MatchBatch]:
         """Search/recompute/revoke the coincidences of ``event``; emit their records."""
         assert self.coincidences is not None
         records: list[Coincidence] = []
-        reports: list[Match] = []
+        reports = MatchBatch.empty()
         mine = [c for c in self._coincidences.values() if event.event_id in c.parents]
         if change is Change.RETRACTED:
             self.coincidences.forget(event.event_id)
@@ -227,7 +231,7 @@ class Engine:
         elif self.coincidences.observe(event):
             found = self.coincidences.search(event)
         else:
-            return [], []
+            return [], MatchBatch.empty()
         still = {f.record.coincidence_id for f in found}
         for gone in mine:
             if gone.coincidence_id not in still:
@@ -253,12 +257,12 @@ class Engine:
         return records, reports
 
     def _index_combined(self, record: Coincidence, combined: Localization | None,
-                        cause: Event) -> list[Match]:
+                        cause: Event) -> MatchBatch:
         """Index (or replace, or retract when it vanished) the combined localization."""
         if combined is None:
             if record.coincidence_id in self.index:
                 return self._apply_notice(self._combined_retraction(record, cause)).reports
-            return []
+            return MatchBatch.empty()
         parents = [e for e in (self.index.get(p) for p in record.parents) if e is not None]
         newest = max(parents, key=lambda e: e.arrival_mjd_tai)
         gw = self.index.get(record.gw_event_id)
@@ -278,13 +282,13 @@ class Engine:
         return self._apply_notice(event).reports
 
     def _revoke_coincidence(self, record: Coincidence,
-                            cause: Event) -> tuple[Coincidence, list[Match]]:
+                            cause: Event) -> tuple[Coincidence, MatchBatch]:
         del self._coincidences[record.coincidence_id]
         revoked = replace(record, retracted=True)
         self.stats["coincidences_revoked"] += 1
         log.info("coincidence %s revoked (%s %s)", record.coincidence_id, cause.event_id,
                  "retracted" if cause.retracted else "moved out of the window")
-        reports: list[Match] = []
+        reports = MatchBatch.empty()
         if record.coincidence_id in self.index:
             reports = self._apply_notice(self._combined_retraction(record, cause)).reports
         return revoked, reports
@@ -304,25 +308,23 @@ class Engine:
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _record(self, matches: list[Match]) -> list[Match]:
+    def _record(self, matches: MatchBatch) -> MatchBatch:
         """Remember live matches; with a store, drop those already stored (re-delivery)."""
-        if self.store is not None and matches:
-            matches = self.store.save_matches(matches)
-        for m in matches:
-            self._matches.setdefault(m.event_id, {})[m.alert_id] = m
+        if self.store is not None and len(matches):
+            matches = MatchBatch.from_matches(self.store.save_matches(matches))
+        self._matches.add(matches)
         self.stats["matches"] += len(matches)
         return matches
 
-    def _revoke(self, event_id: str, alert_ids: list[int] | None) -> list[Match]:
-        live = self._matches.get(event_id, {})
-        ids = list(live) if alert_ids is None else alert_ids
-        revoked = [replace(live.pop(a), retracted=True) for a in ids if a in live]
+    def _revoke(self, event_id: str, alert_ids: list[int] | None) -> MatchBatch:
+        popped = self._matches.pop(event_id, alert_ids)
+        ids = popped.alert_id.tolist() if alert_ids is None else alert_ids
         if self.store is not None and ids:
             self.store.revoke_matches(event_id, ids)
-        self.stats["revoked"] += len(revoked)
-        return revoked
+        self.stats["revoked"] += len(popped)
+        return popped.retracted()
 
-    def _emit(self, reports: list[Match]) -> list[Match]:
+    def _emit(self, reports: MatchBatch) -> MatchBatch:
         if reports:
             for sink in self.sinks:
                 sink.write(reports)
@@ -332,3 +334,16 @@ class Engine:
 def _finite(x: float | None) -> float | None:
     """``x`` unless it is infinite (JSON has no infinity): ``None`` then."""
     return x if x is None or abs(x) != float("inf") else None
+
+
+def _superseding(found: MatchBatch, earlier: MatchBatch) -> MatchBatch:
+    """``found`` with ``supersedes_revision`` set on the reports of alerts that ``earlier``
+    (the event's live reports of its previous revision) reported too."""
+    if len(found) == 0 or len(earlier) == 0:
+        return found
+    by_alert = np.argsort(earlier.alert_id, kind="stable")
+    sorted_ids = earlier.alert_id[by_alert]
+    pos = np.minimum(np.searchsorted(sorted_ids, found.alert_id), len(sorted_ids) - 1)
+    hit = sorted_ids[pos] == found.alert_id
+    revision = np.where(hit, earlier.columns["event_revision"][by_alert[pos]], NO_REVISION)
+    return found.with_columns(supersedes_revision=revision)

@@ -16,19 +16,23 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from mmcross.model import crashpoints
 from mmcross.model.alert import AlertBatch
 from mmcross.model.event import Event
 from mmcross.model.localization import Localization
 from mmcross.model.match import Match
+from mmcross.model.match_batch import MatchBatch
 
 if TYPE_CHECKING:
     from mmcross.model.store import Store
 
-#: One staged write: ("event", Event) | ("matches", [Match]) | ("revoke", (event_id, ids))
+#: One staged write: ("event", Event) | ("matches", MatchBatch) | ("revoke", (event_id, ids))
 #: | ("history", AlertBatch).
 Write = tuple[str, Any]
 
@@ -66,22 +70,25 @@ class StagedStore:
         self._writes.append(("event", event))
         return event.revision
 
-    def save_matches(self, matches: list[Match]) -> list[Match]:
+    def save_matches(self, matches: Sequence[Match]) -> MatchBatch:
         """Stage matches; returns those neither stored nor staged before (so that an alert
         read twice, e.g. a file dropped again, is reported once), input order."""
-        new = []
-        for m in matches:
-            known = self._known.get(m.event_id)
+        batch = MatchBatch.from_matches(matches)
+        new = np.zeros(len(batch), bool)
+        for row, (event_id, revision, alert_id) in enumerate(zip(
+                batch.event_id.tolist(), batch.columns["event_revision"].tolist(),
+                batch.alert_id.tolist(), strict=True)):
+            known = self._known.get(event_id)
             if known is None:
-                known = self._known[m.event_id] = {
-                    (s.event_revision, s.alert_id) for s in self.store.matches(m.event_id)}
-            key = (int(m.event_revision), int(m.alert_id))
-            if key not in known:
-                known.add(key)
-                new.append(m)
-        if new:
-            self._writes.append(("matches", new))
-        return new
+                known = self._known[event_id] = {
+                    (s.event_revision, s.alert_id) for s in self.store.matches(event_id)}
+            if (revision, alert_id) not in known:
+                known.add((revision, alert_id))
+                new[row] = True
+        batch = batch.take(new) if not new.all() else batch
+        if len(batch):
+            self._writes.append(("matches", batch))
+        return batch
 
     def revoke_matches(self, event_id: str, alert_ids: Any = None) -> list[Match]:
         ids = None if alert_ids is None else [int(a) for a in alert_ids]

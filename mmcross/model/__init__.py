@@ -8,6 +8,8 @@
 * :mod:`~mmcross.model.alert` — :class:`AlertBatch`, columnar optical alerts;
 * :mod:`~mmcross.model.detections` — :class:`Detections`, a partner's own transients;
 * :mod:`~mmcross.model.match` — :class:`Match`, one event x alert report;
+* :mod:`~mmcross.model.match_batch` — :class:`MatchBatch`, many reports as columns;
+* :mod:`~mmcross.model.timefmt` — MJD TAI to ISO 8601 UTC text, vectorised;
 * :mod:`~mmcross.model.index` — :class:`SkyIndex`, the live set (add, update, retract, expire);
 * :mod:`~mmcross.model.history` — :class:`AlertHistory`, alerts kept for retro-matching.
 

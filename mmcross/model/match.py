@@ -2,11 +2,13 @@
 
 The fields are the match report schema (``config/match_report.avsc``); the same record is
 written as JSON Lines, Avro and stored in the catalog.
+:class:`~mmcross.model.match_batch.MatchBatch` holds many of them as columns (what the engine
+and the sinks pass around).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 
@@ -66,3 +68,7 @@ class Match:
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
+
+
+
+MATCH_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Match))

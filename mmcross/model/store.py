@@ -7,7 +7,7 @@ imports the catalogs floor or probes a store for optional methods. Times are MJD
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from mmcross.model.alert import AlertBatch
@@ -30,7 +30,7 @@ class Store(Protocol):
         """The latest revision of every event that is not retracted, sky maps restored."""
         ...
 
-    def save_matches(self, matches: list[Match]) -> list[Match]:
+    def save_matches(self, matches: Sequence[Match]) -> Sequence[Match]:
         """Store matches (idempotent per event revision and alert); returns the new ones."""
         ...
 
