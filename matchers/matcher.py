@@ -43,7 +43,7 @@ from mmcross.model.alert import AlertBatch
 from mmcross.model.config import Config
 from mmcross.model.errors import MmcrossError
 from mmcross.model.event import Event
-from mmcross.model.match_batch import NO_REVISION, MatchBatch
+from mmcross.model.match_batch import NO_REVISION, Coded, MatchBatch
 from mmcross.model.timefmt import iso_utc_from_mjd_tai
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,15 @@ class MatchArrays:
 class _Entry:
     event: Event
     number: int  # event number in the live sky
+    fields: dict[str, object]  # the event's columns of its match reports
+
+
+def _report_fields(event: Event) -> dict[str, object]:
+    """The columns a match report takes from its event (see :class:`Match`)."""
+    return {"event_id": event.event_id, "event_revision": int(event.revision),
+            "event_kind": str(event.kind), "instrument": event.instrument,
+            "event_time": iso_utc_from_mjd_tai(event.trigger_mjd_tai)[0],
+            "notice_ivorn": event.ivorn}
 
 
 class Matcher:
@@ -149,7 +158,7 @@ class Matcher:
             self._trigger = np.resize(self._trigger, len(self._ids))
         self._ids[number] = event.event_id
         self._trigger[number] = trigger
-        return _Entry(event, number)
+        return _Entry(event, number, _report_fields(event))
 
     def set_events(self, events: Iterable[Event]) -> None:
         """Replace the live set. Events without localization (or retracted) are ignored;
@@ -168,6 +177,7 @@ class Matcher:
                 and previous.event.localization is event.localization
                 and event.localization is not None and not event.retracted):
             previous.event = event
+            previous.fields = _report_fields(event)
             return
         self.remove(event.event_id)
         entry = self._add(event)
@@ -233,24 +243,18 @@ class Matcher:
         if len(found) == 0:
             return MatchBatch.empty()
         a, e = found.alert_index, found.event_index
-        numbers = np.unique(e)
         table = {name: np.empty(len(self._ids), dtype)
                  for name, dtype in _EVENT_COLUMNS.items()}
-        for number in numbers.tolist():
-            event = self._entries[found.event_ids[number]].event
-            table["event_id"][number] = event.event_id
-            table["event_revision"][number] = int(event.revision)
-            table["event_kind"][number] = str(event.kind)
-            table["instrument"][number] = event.instrument
-            table["event_time"][number] = iso_utc_from_mjd_tai(event.trigger_mjd_tai)[0]
-            table["notice_ivorn"][number] = event.ivorn
+        for number in np.flatnonzero(np.bincount(e)).tolist():
+            fields = self._entries[found.event_ids[number]].fields
+            for name, value in fields.items():
+                table[name][number] = value
         has_distance = np.isfinite(found.distance_mean) & np.isfinite(found.distance_std)
-        rows, inverse = np.unique(a, return_inverse=True)
         return MatchBatch({
-            **{name: column[e] for name, column in table.items()},
-            "alert_id": alerts.alert_id[a], "object_id": _as_text(alerts.object_id[a]),
+            **{name: Coded(e, column) for name, column in table.items()},
+            "alert_id": alerts.alert_id[a], "object_id": Coded(a, _as_text(alerts.object_id)),
             "ra": alerts.ra[a], "dec": alerts.dec[a],
-            "alert_time": iso_utc_from_mjd_tai(alerts.mjd_tai[rows])[inverse],
+            "alert_time": Coded(a, alerts.mjd_tai, render=iso_utc_from_mjd_tai),
             "time_offset": found.time_offset, "credible_level": found.credible_level,
             "searched_area": found.searched_area, "prob_density": found.prob_density,
             "distance_mean": np.where(has_distance, found.distance_mean, np.nan),

@@ -71,3 +71,21 @@ def test_utc_text_across_a_leap_second_goes_through_astropy():
                                            precision=3).utc.isot, str), "Z")
     assert iso_utc_from_mjd_tai(mjd).tolist() == expected.tolist()
     assert "23:59:60.500Z" in iso_utc_from_mjd_tai(mjd)[1]
+
+
+def test_coded_columns_decode_like_plain_ones():
+    from mmcross.model.match_batch import Coded
+
+    plain = MatchBatch.from_matches([make_match(i) for i in range(4)])
+    mjd = np.array([60083.2, 60083.3, 60083.4])
+    codes = np.array([2, 0, 2, 1])
+    coded = plain.with_columns()  # a copy
+    coded._data["alert_time"] = Coded(codes, mjd, render=iso_utc_from_mjd_tai)
+    coded._data["event_id"] = Coded(np.array([1, 1, 0, 1]), np.array(["a", "b"], object))
+    expected_time = iso_utc_from_mjd_tai(mjd)[codes].tolist()
+    assert [r["alert_time"] for r in coded.records()] == expected_time
+    assert [m.event_id for m in coded] == ["b", "b", "a", "b"]
+    part = coded.take(np.array([3, 0]))
+    assert [m.alert_time for m in part] == [expected_time[3], expected_time[0]]
+    assert coded.column("alert_time").tolist() == expected_time  # decoded once, kept
+    assert coded.columns["event_id"].tolist() == ["b", "b", "a", "b"]

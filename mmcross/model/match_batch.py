@@ -6,7 +6,8 @@ only when a caller asks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, overload
 
 import numpy as np
@@ -27,13 +28,53 @@ def _column_dtype(name: str) -> Any:
     return bool if name == "retracted" else object
 
 
+@dataclass(frozen=True)
+class Coded:
+    """A dictionary-encoded column: row ``i`` holds ``values[codes[i]]`` (as Arrow's
+    DictionaryArray). The matcher gives the columns a report takes from its event, and the
+    alert time, this way: one value per event or alert, not per match. With ``render``,
+    ``values`` are raw values (e.g. MJD TAI) turned into the column's values by
+    ``render(values)`` only when the column is read.
+    """
+
+    codes: np.ndarray  # int64, one per row
+    values: np.ndarray  # the distinct values (raw when ``render`` is set)
+    render: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def take(self, rows: np.ndarray) -> Coded:
+        """The rows at ``rows`` (positions or a mask), still encoded."""
+        return Coded(self.codes[rows], self.values, self.render)
+
+    def distinct(self) -> np.ndarray:
+        """The distinct values, rendered."""
+        return self.values if self.render is None else self.render(self.values)
+
+    def decode(self) -> np.ndarray:
+        """The plain column."""
+        if self.render is not None:  # render only the values some row uses
+            used = np.zeros(len(self.values), bool)
+            used[self.codes] = True
+            rows = np.flatnonzero(used)
+            remap = np.empty(len(self.values), np.int64)
+            remap[rows] = np.arange(len(rows))
+            return self.render(self.values[rows])[remap[self.codes]]
+        return self.values[self.codes]
+
+
+Column = np.ndarray | Coded
+
+
 class MatchBatch(Sequence[Match]):
-    """Match reports as columns: one numpy array per :class:`Match` field, one row per report.
+    """Match reports as columns: one array per :class:`Match` field, one row per report.
 
     The engine, the matcher and the sinks pass these; nothing builds a :class:`Match` per
     row unless a caller asks (indexing or iterating yields :class:`Match` records;
     :meth:`records` yields plain dicts, the form the JSON, Avro and SQL writers take).
-    Optional values are stored as NaN (``distance_mean``, ``distance_std``) and
+    A column may be given dictionary-encoded (:class:`Coded`); :attr:`columns` decodes it on
+    first use. Optional values are stored as NaN (``distance_mean``, ``distance_std``) and
     :data:`NO_REVISION` (``supersedes_revision``) and come out as ``None``. Units and frames
     are those of :class:`Match` (degrees ICRS, days, deg^2, per deg^2, Mpc).
 
@@ -42,17 +83,38 @@ class MatchBatch(Sequence[Match]):
     (0, True)
     """
 
-    __slots__ = ("columns",)
+    __slots__ = ("_data", "_length")
 
-    def __init__(self, columns: dict[str, np.ndarray]) -> None:
+    def __init__(self, columns: Mapping[str, Column]) -> None:
         missing = [f for f in MATCH_FIELDS if f not in columns]
         if missing:
             raise ValueError(f"MatchBatch: missing columns {missing}")
         lengths = {len(columns[f]) for f in MATCH_FIELDS}
         if len(lengths) > 1:
             raise ValueError(f"MatchBatch: columns of different lengths {sorted(lengths)}")
-        self.columns = {f: np.asarray(columns[f], dtype=_column_dtype(f))
-                        for f in MATCH_FIELDS}
+        self._data: dict[str, Column] = {}
+        for f in MATCH_FIELDS:
+            column = columns[f]
+            if isinstance(column, Coded):
+                self._data[f] = column
+            else:
+                self._data[f] = np.asarray(column, dtype=_column_dtype(f))
+        self._length = lengths.pop()
+
+    @property
+    def columns(self) -> dict[str, np.ndarray]:
+        """Every column as a plain array (dictionary-encoded ones decoded, once)."""
+        for name, column in self._data.items():
+            if isinstance(column, Coded):
+                self._data[name] = column.decode()
+        return self._data  # type: ignore[return-value]
+
+    def column(self, name: str) -> np.ndarray:
+        """One column as a plain array (decoded once if dictionary-encoded)."""
+        column = self._data[name]
+        if isinstance(column, Coded):
+            column = self._data[name] = column.decode()
+        return column
 
     # -- construction --------------------------------------------------------------------
 
@@ -90,17 +152,18 @@ class MatchBatch(Sequence[Match]):
             return cls.empty()
         if len(parts) == 1:
             return parts[0]
-        return cls({f: np.concatenate([p.columns[f] for p in parts]) for f in MATCH_FIELDS})
+        return cls({f: np.concatenate([p.column(f) for p in parts]) for f in MATCH_FIELDS})
 
     # -- selection and edits -------------------------------------------------------------
 
     def take(self, rows: np.ndarray) -> MatchBatch:
         """The rows at ``rows`` (integer positions or a boolean mask), as a new batch."""
-        return MatchBatch({f: c[rows] for f, c in self.columns.items()})
+        return MatchBatch({f: c.take(rows) if isinstance(c, Coded) else c[rows]
+                           for f, c in self._data.items()})
 
     def with_columns(self, **values: Any) -> MatchBatch:
         """A copy with the named columns replaced (a scalar fills the column)."""
-        columns = dict(self.columns)
+        columns = dict(self._data)
         for name, value in values.items():
             if name not in columns:
                 raise ValueError(f"MatchBatch: no column {name!r}")
@@ -117,20 +180,20 @@ class MatchBatch(Sequence[Match]):
 
     @property
     def event_id(self) -> np.ndarray:
-        return self.columns["event_id"]
+        return self.column("event_id")
 
     @property
     def alert_id(self) -> np.ndarray:
-        return self.columns["alert_id"]
+        return self.column("alert_id")
 
     def keys(self) -> list[str]:
         """``event_id|alert_id`` of every row (the Kafka message key, see :attr:`Match.key`)."""
-        return [f"{e}|{a}" for e, a in zip(self.columns["event_id"].tolist(),
-                                          self.columns["alert_id"].tolist(), strict=True)]
+        return [f"{e}|{a}" for e, a in zip(self.event_id.tolist(), self.alert_id.tolist(),
+                                          strict=True)]
 
     def records(self) -> list[dict[str, Any]]:
         """Every row as a dict of plain Python values (``Match.to_record()`` of each row)."""
-        lists = [self.columns[f].tolist() for f in MATCH_FIELDS]
+        lists = [_as_list(self._data[f]) for f in MATCH_FIELDS]
         for name in ("distance_mean", "distance_std"):
             i = MATCH_FIELDS.index(name)
             lists[i] = [None if v != v else v for v in lists[i]]
@@ -143,7 +206,7 @@ class MatchBatch(Sequence[Match]):
         return [Match(**r) for r in self.records()]
 
     def __len__(self) -> int:
-        return len(self.columns["alert_id"])
+        return self._length
 
     @overload
     def __getitem__(self, item: int) -> Match: ...
@@ -175,3 +238,13 @@ class MatchBatch(Sequence[Match]):
 
     def __repr__(self) -> str:
         return f"MatchBatch({len(self)} reports)"
+
+
+def _as_list(column: Column) -> list[Any]:
+    """A column's rows as Python values."""
+    if isinstance(column, Coded):
+        if column.render is not None:
+            return column.decode().tolist()
+        values = column.values.tolist()
+        return [values[c] for c in column.codes.tolist()]
+    return column.tolist()

@@ -5,11 +5,13 @@ thousands through astropy's ``Time.utc.isot`` costs more than matching them. Bet
 seconds UTC is TAI minus a whole number of seconds, so a batch whose first and last times
 have the same TAI - UTC a day before the first and a day after the last (from astropy, i.e.
 ERFA's leap-second table) is shifted and formatted with numpy's ``datetime64[ms]`` in one
-pass; a batch near a leap second goes through astropy. Both round to the nearest millisecond, identically.
+pass; a batch near a leap second goes through astropy. Both round to the nearest
+millisecond, identically.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -19,9 +21,10 @@ MJD_UNIX_EPOCH = 40587  # MJD of 1970-01-01
 MS_PER_DAY = 86_400_000
 
 
-def tai_minus_utc_seconds(mjd_tai: float) -> float:
-    """TAI - UTC at the given TAI instant (MJD, days), in seconds (37 since 2017)."""
-    t = Time(mjd_tai, format="mjd", scale="tai")
+@functools.lru_cache(maxsize=4096)
+def tai_minus_utc_seconds(mjd_tai: int) -> float:
+    """TAI - UTC at the start of the given TAI day (MJD, days), in seconds (37 since 2017)."""
+    t = Time(float(mjd_tai), format="mjd", scale="tai")
     return float(round((t.mjd - t.utc.mjd) * 86_400.0, 3))
 
 
@@ -38,12 +41,13 @@ def iso_utc_from_mjd_tai(mjd_tai: np.ndarray) -> np.ndarray:
     finite = np.isfinite(low) and np.isfinite(high)
     # a day before the first and a day after the last time: equal only if no leap second
     # (nor a UTC day of 86,401 s) lies between
-    offset = tai_minus_utc_seconds(low - 1.0) if finite else math.nan
-    if not finite or offset != tai_minus_utc_seconds(high + 1.0) or offset != round(offset):
+    offset = tai_minus_utc_seconds(math.floor(low) - 1) if finite else math.nan
+    if not finite or offset != tai_minus_utc_seconds(math.floor(high) + 2) \
+            or offset != round(offset):
         text = np.asarray(Time(mjd, format="mjd", scale="tai", precision=3).utc.isot, str)
-    else:
-        day = np.floor(mjd)
-        ms = np.round((mjd - day) * MS_PER_DAY - offset * 1000.0).astype(np.int64)
-        total = (day.astype(np.int64) - MJD_UNIX_EPOCH) * MS_PER_DAY + ms
-        text = np.datetime_as_string(total.astype("datetime64[ms]"), unit="ms")
-    return np.char.add(text, "Z").astype(object)
+        return np.char.add(text, "Z").astype(object)
+    day = np.floor(mjd)
+    ms = np.round((mjd - day) * MS_PER_DAY - offset * 1000.0).astype(np.int64)
+    total = (day.astype(np.int64) - MJD_UNIX_EPOCH) * MS_PER_DAY + ms
+    return np.datetime_as_string(total.astype("datetime64[ms]"), unit="ms",
+                                 timezone="UTC").astype(object)
