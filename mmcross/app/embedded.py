@@ -10,7 +10,13 @@ writes (staged by a :class:`~mmcross.app.staged_store.StagedStore`) and its own 
 ``in/`` are committed by one journal entry, then applied. Events pushed over VTP are one
 transaction per loop pass. A crash at any point neither loses nor repeats an output file or
 JSON line: start-up finishes committed entries and drops uncommitted staging, and the engine is
-restored from the store, which holds exactly the committed writes.
+restored from the store, which holds exactly the committed writes. A committed entry that
+cannot be applied as written is set aside in ``journal/quarantine/`` and start-up goes on; an
+operating-system or store error while applying one stops it (see :mod:`mmcross.brokers.spool`).
+
+An entry of ``in/`` that is not a regular file (FIFO, socket, device) is refused without being
+opened and moved to ``failed/`` with its reason; when it cannot be moved it is reported once
+and left alone until the next start. Symbolic links are refused too, never followed.
 """
 
 from __future__ import annotations
@@ -39,13 +45,17 @@ from mmcross.app.transports import Transports
 from mmcross.brokers.alert_files import iter_alert_batches
 from mmcross.brokers.sinks import JournaledLines, JournaledVOEvents
 from mmcross.brokers.spool import (
+    NOT_REGULAR,
     PARTNER_MATCHES,
     SYMLINK,
     FileSpool,
+    NotARegularFileError,
     OutputTransaction,
+    Recovery,
     SpoolFile,
     SpoolJournal,
     detections_partner,
+    read_regular,
 )
 from mmcross.listeners import parse_notice
 from mmcross.listeners.partner_detections import parse_detections
@@ -84,7 +94,8 @@ class EmbeddedService(EngineLoop):
 
     Notice files and alert files (wire streams, wire-format messages, Avro containers) dropped
     into ``<spool>/in`` are handled once each, oldest first, then moved to ``<spool>/done``
-    (refused files to ``<spool>/failed`` with the reason). Reports go to
+    (refused files -- also links, FIFOs, sockets, devices -- to ``<spool>/failed`` with the
+    reason). Reports go to
     ``<spool>/out/matches.jsonl`` and ``<spool>/out/voevents/``; refused alert packets to
     ``<spool>/out/dead-letters.jsonl``. Every file is one journal transaction (module doc).
 
@@ -116,6 +127,7 @@ class EmbeddedService(EngineLoop):
         self.staged: StagedStore | None = None
         self.spool: FileSpool | None = None
         self.journal: SpoolJournal | None = None
+        self.recovery: Recovery | None = None  # what start-up did with the journal
         self._txn = OutputTransaction()
         self._stop = threading.Event()
         self._rate = RateMeter(10.0)
@@ -134,7 +146,12 @@ class EmbeddedService(EngineLoop):
                                                 self.metrics_host)
         self.spool = FileSpool(sp.directory, settle=sp.settle)
         self.journal = SpoolJournal(self.spool.directory / "journal")
-        self.journal.recover(self._apply_store_payload)
+        self.recovery = self.journal.recover(self._apply_store_payload,
+                                             check_store=decode_writes)
+        if self.recovery.quarantined:
+            log.warning("%d committed spool transaction(s) could not be applied and were set "
+                        "aside in %s", len(self.recovery.quarantined),
+                        self.journal.directory / "quarantine")
         out = self.spool.out
         self._dead_path = out / "dead-letters.jsonl"
         if self.transports.streams is not None and self.partner_out is None:
@@ -178,11 +195,30 @@ class EmbeddedService(EngineLoop):
         ``<name>.reason.txt`` when ``reason`` is given)."""
         assert self.spool is not None
         target = self.spool.destination(item, failed=reason is not None)
-        if reason is not None:  # beside the file; a name too long for the suffix is cut
-            self._txn.put_file(target.with_name(target.name[:200] + ".reason.txt"),
+        if reason is not None:
+            self._txn.put_file(_reason_path(target),
                                (reason + "\n").encode("utf-8", "backslashreplace"))
         self._commit([(item.path, target)])
         self.spool.forget(item)
+
+    def _not_regular(self, item: SpoolFile) -> None:
+        """Refuse an entry of ``in/`` that is not a regular file (a FIFO, socket or device):
+        never opened; moved to failed/ at once (no content to stage), then its reason
+        committed. When it cannot be moved, reported once and left alone until restart."""
+        assert self.spool is not None
+        err = NotARegularFileError(item.path, item.mode)
+        self.metrics.inc("dead_letters_total", error=type(err).__name__)
+        target = self.spool.destination(item, failed=True)
+        try:
+            self.spool.set_aside(item, target)
+        except OSError as exc:
+            log.error("spool input refused: %s; it cannot be moved to %s (%s): left in place "
+                      "and ignored until restart", err, target, exc)
+            return
+        log.warning("spool input refused: %s (moved to %s)", err, target)
+        self._txn.put_file(_reason_path(target), f"refused: {err}\n".encode(
+            "utf-8", "backslashreplace"))
+        self._commit([])
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the current file (signal-handler safe)."""
@@ -233,6 +269,8 @@ class EmbeddedService(EngineLoop):
                 log.warning("spool input %s is a symbolic link: refused", item.path)
                 self._finish(item, "refused: a symbolic link (spool inputs must be regular "
                                    "files, links are never followed)")
+            elif item.kind == NOT_REGULAR:
+                self._not_regular(item)
             elif item.kind == "notice":
                 self._notice_file(item)
             elif item.kind == "detections":
@@ -255,7 +293,7 @@ class EmbeddedService(EngineLoop):
             if item.size > MAX_NOTICE_BYTES:
                 raise BadNoticeError(f"{item.path}: {item.size} bytes, more than a notice "
                                      f"file may hold ({MAX_NOTICE_BYTES})")
-            event = parse_notice(item.path.read_bytes(), source=str(item.path),
+            event = parse_notice(read_regular(item.path), source=str(item.path),
                                  **notice_options(self.config))
         except NotAnEventError as exc:
             self.stats.notices_refused += 1
@@ -324,9 +362,9 @@ class EmbeddedService(EngineLoop):
             if item.size > p.max_bytes:
                 raise SubmissionRefusedError("oversized", f"{item.size} bytes exceed partner "
                                              f"{partner!r}'s max_bytes of {p.max_bytes}")
-            detections = parse_detections(item.path.read_bytes(), partner,
+            detections = parse_detections(read_regular(item.path), partner,
                                           where=str(item.path))
-        except (SubmissionRefusedError, OSError) as exc:
+        except (SubmissionRefusedError, NotARegularFileError, OSError) as exc:
             self.stats.detections_refused += 1
             self.metrics.inc("dead_letters_total", error=type(exc).__name__)
             log.warning("detections file %s refused: %s", item.path, exc)
@@ -334,3 +372,9 @@ class EmbeddedService(EngineLoop):
             return
         self._apply_detections(partner, detections)
         self._finish(item)
+
+
+def _reason_path(target: Path) -> Path:
+    """Where the reason of a refused input moved to ``target`` goes: beside it, as
+    ``<name>.reason.txt`` (a name too long for the suffix is cut)."""
+    return target.with_name(target.name[:200] + ".reason.txt")
