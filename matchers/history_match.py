@@ -81,6 +81,53 @@ def history_hits(history: AlertHistory, starts: np.ndarray, ends: np.ndarray,
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _pixel_hits_kernel(pix, mjd, start, log2_width, tmin, tmax):
+    """(row, pixel) of the rows of ``pix`` (sorted) inside packed pixel
+    ``[start[k], start[k] + 2**log2_width[k])`` with tmin <= mjd <= tmax, by pixel."""
+    end = start + (np.int64(1) << log2_width.astype(np.int64))
+    lo = np.searchsorted(pix, start)
+    hi = np.searchsorted(pix, end)
+    total = 0
+    for k in range(lo.shape[0]):
+        total += hi[k] - lo[k]
+    rows = np.empty(total, np.int64)
+    pixels = np.empty(total, np.int64)
+    n = 0
+    for k in range(lo.shape[0]):
+        for j in range(lo[k], hi[k]):
+            t = mjd[j]
+            if t >= tmin and t <= tmax:
+                rows[n] = j
+                pixels[n] = k
+                n += 1
+    return rows[:n], pixels[:n]
+
+
+def pixel_hits(history: AlertHistory, start: np.ndarray, log2_width: np.ndarray,
+               start_mjd_tai: float, end_mjd_tai: float
+               ) -> list[tuple[SortedRun, np.ndarray, np.ndarray]]:
+    """(run, rows, pixel) of the remembered alerts inside packed pixels (order-29 starts and
+    log2 widths, sorted by start, disjoint: :class:`~mmcross.matchers.packed.
+    PackedLocalization`) and the time interval (MJD TAI, edges included; expired alerts
+    never): ``pixel[i]`` is the position in ``start`` of the pixel holding ``rows[i]``. The
+    scores of a packed pixel map are then read per pixel, with no per-alert lookup."""
+    start_mjd_tai = max(start_mjd_tai, history.oldest_kept_mjd_tai)
+    out = []
+    if len(start) == 0:
+        return out
+    start = np.asarray(start, np.int64)
+    log2_width = np.asarray(log2_width, np.int8)
+    for run in history.runs:
+        if run.tmax < start_mjd_tai or run.tmin > end_mjd_tai:
+            continue
+        rows, pixels = _pixel_hits_kernel(run.pix, run.mjd_tai, start, log2_width,
+                                          float(start_mjd_tai), float(end_mjd_tai))
+        if len(rows):
+            out.append((run, rows, pixels))
+    return out
+
+
 def history_in_ranges(history: AlertHistory, starts: np.ndarray, ends: np.ndarray,
                       start_mjd_tai: float, end_mjd_tai: float) -> AlertBatch:
     """The remembered alerts of :func:`history_hits` as one batch without packets."""

@@ -25,7 +25,7 @@ caches are released (:meth:`~mmcross.model.localization.Localization.release_cac
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import healpy as hp
@@ -33,6 +33,7 @@ import numpy as np
 
 from mmcross.matchers import kernels
 from mmcross.matchers.chance import BackgroundRate, p_chance
+from mmcross.matchers.history_match import pixel_hits
 from mmcross.matchers.packed import (
     DEFAULT_CELL_ORDER,
     VALUE_COLUMNS,
@@ -43,6 +44,7 @@ from mmcross.model.alert import AlertBatch
 from mmcross.model.config import Config
 from mmcross.model.errors import MmcrossError
 from mmcross.model.event import Event
+from mmcross.model.history import AlertHistory, SortedRun
 from mmcross.model.match_batch import NO_REVISION, Coded, MatchBatch
 from mmcross.model.timefmt import iso_utc_from_mjd_tai
 
@@ -263,6 +265,57 @@ class Matcher:
             "supersedes_revision": np.full(len(a), NO_REVISION, np.int64),
         })
 
+    def retro(self, history: AlertHistory, event_id: str) -> MatchBatch:
+        """The remembered alerts that match live event ``event_id``, scored (retro-matching
+        a newly announced or revised event; ``MatchBatch`` as :meth:`match` makes).
+
+        A pixel map is intersected with the sorted history directly: its packed pixels are
+        order-29 ranges, searched in each sorted run (:func:`~mmcross.matchers.
+        history_match.pixel_hits`), and each hit takes its pixel's precomputed credible
+        level, area, density and distance (nothing is done per remembered alert, nothing is
+        re-projected). An analytic region is evaluated in closed form over the alerts of its
+        time window (:meth:`match`).
+        """
+        entry = self._entries.get(event_id)
+        if entry is None:
+            return MatchBatch.empty()
+        number = entry.number
+        tmin, tmax = float(self.sky.tmin[number]), float(self.sky.tmax[number])
+        rows = self.sky.rows(number)
+        if rows is None:
+            past = history.between(tmin, tmax)
+            return self.match(past, only=[event_id]) if len(past) else MatchBatch.empty()
+        hits = pixel_hits(history, self.sky.start[rows], self.sky.log2_width[rows], tmin, tmax)
+        if not hits:
+            return MatchBatch.empty()
+        pixel = rows.start + np.concatenate([p for _, _, p in hits])
+        positions = [history.positions_of(run, r) for run, r, _ in hits]
+        mjd = np.concatenate([run.mjd_tai[r] for run, r, _ in hits])
+        n = len(pixel)
+        values = self.sky.values[pixel]
+        distance = self.sky.distance[pixel]
+        has_distance = np.isfinite(distance[:, 0]) & np.isfinite(distance[:, 1])
+        dt = mjd - self._trigger[number]
+        area = values[:, 1]
+        one = np.zeros(n, np.int64)
+        return MatchBatch({
+            **{name: Coded(one, np.array([value], _EVENT_COLUMNS[name]))
+               for name, value in entry.fields.items()},
+            "alert_id": np.concatenate([run.alert_id[r] for run, r, _ in hits]),
+            "object_id": Coded(np.arange(n), np.arange(n),
+                               render=_object_ids(history, [(run, r) for run, r, _ in hits])),
+            "ra": np.concatenate([ra for ra, _ in positions]),
+            "dec": np.concatenate([dec for _, dec in positions]),
+            "alert_time": Coded(np.arange(n), mjd, render=iso_utc_from_mjd_tai),
+            "time_offset": dt, "credible_level": values[:, 0], "searched_area": area,
+            "prob_density": values[:, 2],
+            "distance_mean": np.where(has_distance, distance[:, 0], np.nan),
+            "distance_std": np.where(has_distance, distance[:, 1], np.nan),
+            "p_chance": p_chance(self.background_rate, area, dt),
+            "retracted": np.zeros(n, bool),
+            "supersedes_revision": np.full(n, NO_REVISION, np.int64),
+        })
+
     # -- background rate -----------------------------------------------------------------
 
     def observe(self, alerts: AlertBatch) -> None:
@@ -282,3 +335,21 @@ def _as_text(values: np.ndarray) -> np.ndarray:
     if len(values) == 0 or isinstance(values[0], str):
         return values
     return np.array([str(v) for v in values], dtype=object)
+
+
+def _object_ids(history: AlertHistory, parts: list[tuple[SortedRun, np.ndarray]]
+                ) -> Callable[[np.ndarray], np.ndarray]:
+    """A renderer of the object ids of the hits ``parts`` (rows of sorted runs, concatenated
+    in order): positions in the concatenation -> object id text, made only when read."""
+    offsets = np.cumsum([0] + [len(rows) for _, rows in parts])
+
+    def render(positions: np.ndarray) -> np.ndarray:
+        out = np.empty(len(positions), object)
+        part = np.searchsorted(offsets, positions, side="right") - 1
+        for k in np.unique(part).tolist():
+            chosen = part == k
+            run, rows = parts[k]
+            out[chosen] = history.object_ids_of(run, rows[positions[chosen] - offsets[k]])
+        return out
+
+    return render

@@ -12,10 +12,12 @@ S230518h map arrives, and in the same run:
   history (:func:`mmcross.matchers.history_match.credible_ranges` +
   :func:`~mmcross.matchers.history_match.history_hits`: ``searchsorted`` per range and run,
   hits filtered by the GW time window): the rows of the alerts inside.
-* **mmcross, scored**: the same, then the hits materialised as an alert batch and scored by
-  the matcher (``Matcher.upsert`` packing the map + ``match_arrays``: credible level, area,
-  density, distance, p_chance). Then the whole ``Engine.on_notice`` (index, store-less,
-  Match records) once.
+* **mmcross, scored**: what the engine does: ``Matcher.upsert`` packs the map (credible
+  levels afresh), then ``Matcher.retro`` intersects its packed pixels with the sorted
+  history (:func:`~mmcross.matchers.history_match.pixel_hits`) and reads each hit's score
+  from its pixel (credible level, area, density, distance, p_chance), giving the columnar
+  report batch (``MatchBatch``). Then the whole ``Engine.on_notice`` (index, store-less,
+  the report batch to no sink) once.
 * **peer**: ligo.skymap's crossmatch recipe over flat arrays of the same alerts
   (:func:`peer_recipe`: sort by density, cumulative probability, time window, ``ang2pix``
   at order 29 of the alerts in the window, ``searchsorted`` in the sorted pixel starts,
@@ -53,7 +55,6 @@ from mmcross.matchers import Matcher  # noqa: E402
 from mmcross.matchers.history_match import (  # noqa: E402
     credible_ranges,
     history_hits,
-    retro_candidates,
 )
 from mmcross.model.alert import AlertBatch  # noqa: E402
 from mmcross.model.config import Config, notice_options  # noqa: E402
@@ -147,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         loc.release_caches()
         matcher = Matcher(config)
         matcher.upsert(event)
-        hits = retro_candidates(history, loc, level, tmin, tmax)
-        found = matcher.match_arrays(hits, only=[event.event_id])
-        return hits.alert_id[found.alert_index]
+        return matcher.retro(history, event.event_id).alert_id
 
     def find_only():
         loc.release_caches()
@@ -184,14 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|")
     print(f"| mmcross search: map indexed + credible ranges searched + time filter "
           f"| **{find_ms:.1f}** | {n_hits:,} |")
-    print(f"| mmcross scored: search + hits materialised + matcher pack and score "
+    print(f"| mmcross scored: map packed + pixels searched + scored into a report batch "
           f"| {ours_ms:.1f} | {len(ours_ids):,} |")
     print(f"| peer: ligo.skymap recipe (ang2pix + searchsorted) | {peer_ms:.1f} "
           f"| {len(peer_ids):,} |")
     print(f"| ratio peer / search, peer / scored | **{peer_ms / find_ms:.0f}x**, "
           f"{peer_ms / ours_ms:.1f}x | |")
-    print(f"\n- whole `Engine.on_notice` (index, pack, search, {len(reports):,} Match records, "
-          f"no store): {engine_s * 1e3:.0f} ms")
+    print(f"\n- whole `Engine.on_notice` (index, pack, search, a batch of {len(reports):,} "
+          f"reports, no store): {engine_s * 1e3:.0f} ms")
     print(f"- history: {history.nbytes / n:.1f} bytes per alert in {len(history.runs)} sorted "
           f"runs; adding the {n:,} alerts in batches of {args.batch:,}: {add_s:.1f} s "
           f"({n / add_s:,.0f} alerts/s)")

@@ -20,7 +20,6 @@ import numpy as np
 from mmcross.app.live_matches import LiveMatches
 from mmcross.matchers import Matcher
 from mmcross.matchers.coincidence import CoincidenceSearch, Found
-from mmcross.matchers.history_match import retro_candidates
 from mmcross.model.alert import AlertBatch
 from mmcross.model.coincidence import Coincidence
 from mmcross.model.config import Config
@@ -176,13 +175,7 @@ class Engine:
                         indexed.event_id, indexed.revision)
             return NoticeOutcome(change, indexed,
                                  self._emit(self._revoke(indexed.event_id, None)))
-        window = self.config.time_window(indexed.kind)
-        t0 = indexed.trigger_mjd_tai
-        past = retro_candidates(self.history, indexed.localization,
-                                self.config.credible_level, t0 + window.before,
-                                t0 + window.after)
-        found = (self.matcher.match(past, only=[indexed.event_id]) if len(past)
-                 else MatchBatch.empty())
+        found = self.matcher.retro(self.history, indexed.event_id)
         self.stats["retro_matches"] += len(found)
         earlier = self._matches.of(indexed.event_id)
         gone = earlier.alert_id[~np.isin(earlier.alert_id, found.alert_id)]

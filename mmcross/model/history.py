@@ -301,22 +301,37 @@ class AlertHistory:
     def batch_of(self, run: SortedRun, rows: np.ndarray) -> AlertBatch:
         """The alerts ``rows`` of ``run`` as an :class:`AlertBatch` (degrees ICRS, MJD TAI;
         no packets), in the order given."""
-        pix = run.pix[rows]
-        ra_c, dec_c = _centres(pix)
+        ra, dec = self.positions_of(run, rows)
+        mag = run.mag[rows].astype(np.float64)
+        return AlertBatch(run.alert_id[rows], self.object_ids_of(run, rows), ra, dec,
+                          run.mjd_tai[rows], is_new=run.is_new[rows], mag=mag)
+
+    def positions_of(self, run: SortedRun, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """RA and Dec (degrees ICRS, float64, exactly as added) of the alerts ``rows`` of
+        ``run``."""
+        ra_c, dec_c = _centres(run.pix[rows])
         dra = run.dra[rows]
         ra = (ra_c.view(np.int64) + dra).view(np.float64)
         dec = (dec_c.view(np.int64) + run.ddec[rows]).view(np.float64)
-        alert_id = run.alert_id[rows]
-        for i in np.flatnonzero(dra == FAR).tolist():
-            ra[i], dec[i] = self._positions[int(alert_id[i])]
+        far = np.flatnonzero(dra == FAR)
+        if len(far):
+            alert_id = run.alert_id[rows]
+            for i in far.tolist():
+                ra[i], dec[i] = self._positions[int(alert_id[i])]
+        return ra, dec
+
+    def object_ids_of(self, run: SortedRun, rows: np.ndarray) -> np.ndarray:
+        """Object ids (object array of str, ``""`` for none) of the alerts ``rows`` of
+        ``run``."""
         keys = run.object_key[rows]
         object_id = np.array(list(map(str, keys.tolist())), dtype=object)
         object_id[keys == NO_OBJECT] = ""
-        for i in np.flatnonzero(keys == TEXT_OBJECT).tolist():
-            object_id[i] = self._objects[int(alert_id[i])]
-        mag = run.mag[rows].astype(np.float64)
-        return AlertBatch(alert_id, object_id, ra, dec,
-                          run.mjd_tai[rows], is_new=run.is_new[rows], mag=mag)
+        text = np.flatnonzero(keys == TEXT_OBJECT)
+        if len(text):
+            alert_id = run.alert_id[rows]
+            for i in text.tolist():
+                object_id[i] = self._objects[int(alert_id[i])]
+        return object_id
 
     def between(self, start_mjd_tai: float, end_mjd_tai: float) -> AlertBatch:
         """The kept alerts with start <= mjd_tai <= end (MJD TAI), in time order."""
