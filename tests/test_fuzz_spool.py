@@ -34,7 +34,7 @@ GBM = "gcn/voevent/fink-mm-kafka-2024-01/Fermi_GBM_Gnd_Pos_726773850-268.xml"
 LVK = "gcn/json/fink-mm/S230518h-initial.json"
 RUBIN = "alerts/lsst/samples/lsst.v9_0.wire.7912941781254298.avro"
 CONTAINER = "alerts/lsst/samples/lsst.v11_0.fakeAlert.avro"
-DEADLINE = 60.0  # s, bound of the wait for the spool to empty (never asserted on)
+DEADLINE = 300.0  # s, bound of the wait for the spool to empty (a hang guard)
 MEMORY_BOUND = 256 * 2**20  # bytes of traced allocations while the spool is handled
 HUGE = 1 << 30  # bytes of a sparse file
 

@@ -178,7 +178,7 @@ def test_mmcross_listen_without_kafka_runs_on_the_spool(scenario: dict, tmp_path
         _drop(spool / "in", "early.wires", src=wires, mtime=now - 5)
         want = {k for k in scenario["expected"] if k.startswith(scenario["gw"].event_id)}
         wait_for(lambda: set(_jsonl_keys(spool / "out" / "matches.jsonl")) == want,
-                 "reports of the GW")
+                 "reports of the GW", proc)
         proc.send_signal(signal.SIGTERM)
         stdout, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, log_path.read_text()
