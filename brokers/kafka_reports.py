@@ -179,11 +179,20 @@ def ensure_marker_topic(admin_config: Mapping[str, Any], topic: str,
                         timeout: float = 30.0) -> None:
     """Create the commit-marker topic when missing: one partition, compacted (the latest
     marker per instance is all that matters), hourly segments so compaction keeps it small."""
+    ensure_topic(admin_config, topic, timeout, partitions=1,
+                 config={"cleanup.policy": "compact", "segment.ms": "3600000"})
+
+
+def ensure_topic(admin_config: Mapping[str, Any], topic: str, timeout: float = 30.0, *,
+                 partitions: int = -1, config: Mapping[str, str] | None = None) -> None:
+    """Create ``topic`` when missing (``partitions`` -1: the broker's default number; the
+    broker's default replication), e.g. the report topic before a consumer subscribes to
+    it; a topic that exists, or appears meanwhile, is left as it is."""
     admin = AdminClient(dict(admin_config))
     if topic in admin.list_topics(timeout=timeout).topics:
         return
-    new = NewTopic(topic, num_partitions=1, replication_factor=-1,
-                   config={"cleanup.policy": "compact", "segment.ms": "3600000"})
+    new = NewTopic(topic, num_partitions=partitions, replication_factor=-1,
+                   config=dict(config or {}))
     try:
         admin.create_topics([new])[topic].result(timeout=timeout)
     except KafkaException as exc:

@@ -43,9 +43,12 @@ are committed after it when ``[kafka.gcn] group_id`` is set (a notice read again
 in between is dropped as a duplicate while its event is live), else every start reads the
 retained notices again.
 
-Not covered by the transactions: counterparts sent over VTP (a VTP subscriber may receive a
-counterpart again after an abort or a crash) and partner detections kept in memory for later
-alerts (re-read from the partner topic after an abort, and kept again).
+Outputs that cannot join the transaction -- counterparts pushed over VTP, reports published to
+Hopskotch -- are fed from the report topic by :class:`~mmcross.app.relay.CommittedRelay`
+(``read_committed``, its own consumer group): they never carry an aborted transaction's
+reports, and a crash repeats at most one relay poll, with the same IVORNs and keys. Partner
+detections kept in memory for later alerts are re-read from the partner topic after an abort,
+and kept again.
 
 Start-up restores the live events, their matches and the alert history from the store.
 Transport errors are logged and waited out with an exponential back-off (librdkafka
@@ -73,6 +76,7 @@ from confluent_kafka import (
 
 from mmcross.app.engine import Engine
 from mmcross.app.metrics import Metrics, MetricsServer, RateMeter
+from mmcross.app.relay import CommittedRelay
 from mmcross.app.service_state import (
     EngineLoop,
     ServiceStats,
@@ -97,6 +101,7 @@ from mmcross.brokers.kafka_reports import (
     PartnerMatchSink,
     TransactionalOutput,
     ensure_marker_topic,
+    ensure_topic,
     transaction_committed,
 )
 from mmcross.brokers.kafka_schemas import SchemaResolver
@@ -208,6 +213,7 @@ class ListenService(EngineLoop):
         self.dead_letters: DeadLetters | None = None
         self.partner_out: PartnerMatchSink | None = None
         self.transports = Transports(config)
+        self.relay: CommittedRelay | None = None
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -251,7 +257,18 @@ class ListenService(EngineLoop):
         self.alerts = AlertConsumer(alert_consumer_config(self.config, **kw), s.alert_topics,
                                     on_error=self._on_error,
                                     schemas=SchemaResolver(registry or None))
-        self.transports.start(self.engine, kafka_props=base_properties(self.config, **kw))
+        relayed: list = []
+        self.transports.start(self.engine, kafka_props=base_properties(self.config, **kw),
+                              output_sinks=relayed)
+        if relayed:
+            group = str(self.config.get("kafka.relay_group_id", "") or "") or \
+                f"{alert_consumer_config(self.config, **kw)['group.id']}.relay"
+            ensure_topic(base_properties(self.config, **kw), s.report_topic)
+            self.relay = CommittedRelay(base_properties(self.config, **kw), s.report_topic,
+                                        group, relayed).start()
+            if not self.relay.wait_assigned(self.settings.commit_timeout):
+                raise ConfigError(f"the relay of {s.report_topic} got no partition in "
+                                  f"{self.settings.commit_timeout:g} s (group {group})")
         log.info("listening: alerts %s -> reports %s (VOEvents %s, dead letters %s) in "
                  "transactions of %s; %d live events", ", ".join(s.alert_topics),
                  s.report_topic, s.voevent_topic, s.dead_letter_topic, self.output.owner,
@@ -329,8 +346,11 @@ class ListenService(EngineLoop):
                     log.warning("closing a consumer: %s", exc)
         self.notices = self.alerts = None
         if self.engine is not None:
-            self.engine.close()  # closes the sinks (the VTP broadcaster)
+            self.engine.close()  # closes the sinks
             self.engine = None
+        if self.relay is not None:
+            self.relay.close()  # closes the VTP broadcaster and the Hopskotch sink
+            self.relay = None
         if self.output is not None:
             try:
                 self.output.abort(10.0)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from mmcross.app.engine import Engine
+from mmcross.app.engine import Engine, ReportSink
 from mmcross.brokers.hop import HopReportSink
 from mmcross.brokers.vtp import BroadcasterSettings, VTPBroadcaster
 from mmcross.listeners.hop import HopListener
@@ -198,19 +198,24 @@ class Transports:
         self._detections: queue.SimpleQueue[tuple[str, Detections]] = \
             queue.SimpleQueue()
 
-    def start(self, engine: Engine, kafka_props: Mapping[str, Any] | None = None) -> None:
-        """Start every configured piece; the broadcaster joins ``engine.sinks``.
+    def start(self, engine: Engine, kafka_props: Mapping[str, Any] | None = None,
+              output_sinks: list[ReportSink] | None = None) -> None:
+        """Start every configured piece; the outputs outside Kafka (VTP broadcaster,
+        Hopskotch producer) join ``output_sinks`` (default ``engine.sinks``).
 
         Args:
             engine: the restored engine (its live events re-teach the registry which events
                 each partner submitted).
             kafka_props: librdkafka properties for the partner submission consumer (Kafka
                 mode); None = no partner topic.
+            output_sinks: where the VTP broadcaster and the Hopskotch sink go (Kafka mode:
+                the :class:`~mmcross.app.relay.CommittedRelay`'s sinks).
 
         Raises:
             ConfigError: a port cannot be listened on, or the config is wrong.
         """
         s = self.settings
+        outputs = engine.sinks if output_sinks is None else output_sinks
         restored = self.registry.restore(engine.index.live())
         if restored:
             log.info("%d live partner events restored", restored)
@@ -230,7 +235,7 @@ class Transports:
                 raise ConfigError(f"VTP broadcaster cannot listen on {section.get('host')}:"
                                   f"{section.get('port')} ([vtp.broadcast], --vtp-port): "
                                   f"{exc}") from exc
-            engine.sinks.append(broadcaster)
+            outputs.append(broadcaster)
             self.broadcaster = broadcaster
             log.info("VTP broadcaster: counterpart VOEvents on %s:%d (%d partner "
                      "subscriptions)", host, port, len(partner))
@@ -264,7 +269,7 @@ class Transports:
 
         if s.hop_publish:
             self.hop_sink = HopReportSink.from_config(self.config)
-            engine.sinks.append(self.hop_sink)
+            outputs.append(self.hop_sink)
         if s.hop_listen:
             self.hop_listener = HopListener.from_config(self.config, self.inbox.put).start()
 

@@ -16,6 +16,8 @@ The points used by mmcross (tests/test_crash_points.py kills at each one):
 ``spool_output``               spool mode: an output staged (fsynced), before the journal entry
 ``spool_journal``              spool mode: journal entry written, before the outputs are applied
 ``spool_append``               spool mode: one output file appended, before the next one
+``relay_commit``               Kafka mode: committed reports handed to the VTP/Hopskotch
+                               sinks, before the relay commits its offsets
 =============================  =============================================================
 """
 
