@@ -89,3 +89,26 @@ def test_coded_columns_decode_like_plain_ones():
     assert [m.alert_time for m in part] == [expected_time[3], expected_time[0]]
     assert coded.column("alert_time").tolist() == expected_time  # decoded once, kept
     assert coded.columns["event_id"].tolist() == ["b", "b", "a", "b"]
+
+
+def test_pending_store_writes_keep_regions_as_parameters_and_batches_as_columns():
+    """The pending-write record saved before each commit: an analytic region travels as its
+    parameters (never rasterised: that cost seconds and tens of MB per circle), a pixel map
+    as FITS, a match batch as its columns."""
+    from astropy.time import Time
+
+    from mmcross.app.staged_store import decode_writes, encode_writes
+    from mmcross.model import shapes
+    from mmcross.model.event import Event, EventKind
+
+    circle = shapes.circle(10.0, -89.99, 0.05)  # small and at the pole: the costliest raster
+    event = Event(event_id="swift:1", kind=EventKind.GRB, instrument="Swift",
+                  trigger_time=Time(60000.0, format="mjd", scale="tai"), localization=circle)
+    batch = MatchBatch.from_matches([make_match(i) for i in range(3)])
+    payload = encode_writes([("event", event), ("matches", batch)])
+    assert circle._pixels is None  # encoding did not rasterise it
+    assert len(payload) < 10_000
+    (_, again), (_, matches) = decode_writes(payload)
+    assert again.localization.region == circle.region
+    assert again.localization._pixels is None
+    assert matches == batch.matches()

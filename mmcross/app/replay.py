@@ -92,8 +92,9 @@ def replay(engine: Engine, notices: Iterable[str | Path | Event],
         summary.coincidences += sum(not c.retracted for c in outcome.coincidences)
         summary.coincidences_revoked += sum(c.retracted for c in outcome.coincidences)
         summary.notices += 1
-        summary.matches += sum(not m.retracted for m in reports)
-        summary.revoked += sum(m.retracted for m in reports)
+        revoked = int(np.count_nonzero(reports.column("retracted")))
+        summary.matches += len(reports) - revoked
+        summary.revoked += revoked
 
     def on_error(exc: Exception) -> None:
         summary.alert_errors += 1

@@ -11,12 +11,15 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from mmcross.app.metrics import Metrics
 from mmcross.matchers.partner_stream_matcher import PartnerMatch
 from mmcross.model import crashpoints
 from mmcross.model.config import Config
 from mmcross.model.detections import Detections
 from mmcross.model.event import Event
+from mmcross.model.match_batch import MatchBatch
 
 if TYPE_CHECKING:
     from mmcross.catalogs import Store
@@ -135,9 +138,9 @@ class EngineLoop:
         log.info("%d partner stream matches to %s", len(matches),
                  getattr(self.partner_out, "topic", None) or getattr(self.partner_out, "path", ""))
 
-    def _count_reports(self, reports: list) -> None:
+    def _count_reports(self, reports: MatchBatch) -> None:
         self.stats.reports += len(reports)
-        revoked = sum(1 for m in reports if m.retracted)
+        revoked = int(np.count_nonzero(reports.column("retracted")))
         self.metrics.inc("matches_total", len(reports) - revoked)
         self.metrics.inc("revocations_total", revoked)
         if self.reports_delivered_on_write:

@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmcross.model import crashpoints
+from mmcross.model import crashpoints, shapes
 from mmcross.model.alert import AlertBatch
 from mmcross.model.event import Event
 from mmcross.model.localization import Localization
 from mmcross.model.match import Match
 from mmcross.model.match_batch import MatchBatch
+from mmcross.model.regions import region_from_dict
 
 if TYPE_CHECKING:
     from mmcross.model.store import Store
@@ -124,13 +125,21 @@ def apply_writes(store: Store, writes: list[Write]) -> None:
 
 
 class _WritesPickler(pickle.Pickler):
-    """Pickles sky maps as their FITS bytes (as the store keeps them): an analytic region's
-    map holds its rasteriser, a closure that cannot be pickled."""
+    """Pickles sky maps as the store keeps them: an analytic region as its parameters
+    (rebuilt in closed form, never rasterised: its map holds its rasteriser, a closure that
+    cannot be pickled anyway), a pixel map as its FITS bytes."""
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, Localization):
+            if obj.region is not None:
+                return _analytic_localization, (obj.region.to_dict(),)
             return Localization.from_fits, (bytes(obj.to_fits_bytes()),)
         return NotImplemented
+
+
+def _analytic_localization(region: dict[str, Any]) -> Localization:
+    """The analytic localization of stored region parameters (as the store rebuilds it)."""
+    return shapes.region_localization(region_from_dict(region))
 
 
 def encode_writes(writes: list[Write]) -> bytes:
