@@ -106,6 +106,26 @@ def _grow1(a: np.ndarray, n: int, cap: int) -> np.ndarray:
     return out
 
 
+@njit(cache=True)
+def group_by_cell(ipix: np.ndarray, cell_order: int) -> np.ndarray:
+    """Positions of ``ipix`` (order-29 NESTED) grouped by their order-``cell_order`` cell,
+    cells ascending, original order within a cell (a stable counting sort, O(n)): alerts
+    that share cells are matched one after the other, so the cell lists stay in cache."""
+    shift = 2 * (ORDER_MAX - cell_order)
+    n_cells = 12 * (np.int64(1) << (2 * cell_order))
+    first = np.zeros(n_cells + 1, np.int64)
+    for i in range(ipix.shape[0]):
+        first[(ipix[i] >> shift) + 1] += 1
+    for c in range(n_cells):
+        first[c + 1] += first[c]
+    out = np.empty(ipix.shape[0], np.int64)
+    for i in range(ipix.shape[0]):
+        c = ipix[i] >> shift
+        out[first[c]] = i
+        first[c] += 1
+    return out
+
+
 @njit(cache=True, error_model="numpy")
 def unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
     """(n, 3) unit vectors of positions in degrees ICRS."""
@@ -155,14 +175,45 @@ def match_kernel(ipix: np.ndarray, vec: np.ndarray, mjd: np.ndarray, levels: np.
         arrays in the order of the alerts and float64 ``(5, m)`` credible level, searched
         area (deg^2), density (per deg^2), distance mean and std (Mpc, NaN without).
     """
-    sr_to_deg2 = (180.0 / math.pi) ** 2
     n = ipix.shape[0]
     cap = max(16, capacity)
     ai = np.empty(cap, np.int64)
     ei = np.empty(cap, np.int64)
     out = np.empty((5, cap), np.float64)
-    m = 0
-    for i in range(n):
+    i, m = _match_into(0, 0, ai, ei, out, ipix, vec, mjd, levels, level_offset, head, slots,
+                       kind, params, chord2, tmin, tmax, active, start, log2_width, values,
+                       distance, max_level, gx, gw)
+    while i < n:  # the buffers filled up at alert i: grow them, go on from there
+        cap *= 2
+        ai = _grow1(ai, m, cap)
+        ei = _grow1(ei, m, cap)
+        grown = np.empty((5, cap), np.float64)
+        grown[:, :m] = out[:, :m]
+        out = grown
+        i, m = _match_into(i, m, ai, ei, out, ipix, vec, mjd, levels, level_offset, head,
+                           slots, kind, params, chord2, tmin, tmax, active, start, log2_width,
+                           values, distance, max_level, gx, gw)
+    return ai[:m], ei[:m], out[:, :m]
+
+
+@njit(cache=True, error_model="numpy")
+def _match_into(i0: int, m0: int, ai: np.ndarray, ei: np.ndarray, out: np.ndarray,
+                ipix: np.ndarray, vec: np.ndarray, mjd: np.ndarray, levels: np.ndarray,
+                level_offset: np.ndarray, head: np.ndarray, slots: np.ndarray,
+                kind: np.ndarray, params: np.ndarray, chord2: np.ndarray, tmin: np.ndarray,
+                tmax: np.ndarray, active: np.ndarray, start: np.ndarray,
+                log2_width: np.ndarray, values: np.ndarray, distance: np.ndarray,
+                max_level: float, gx: np.ndarray, gw: np.ndarray) -> tuple[int, int]:
+    """The matches of alerts ``i0, i0 + 1, ...`` written from row ``m0`` of the buffers;
+    stops before the first alert whose matches do not fit. Returns ``(i, m)``: the next
+    alert to do (``ipix.shape[0]`` when done) and the rows written. The buffers are never
+    replaced in here, which keeps this loop free of reference counting."""
+    sr_to_deg2 = (180.0 / math.pi) ** 2
+    n = ipix.shape[0]
+    cap = ai.shape[0]
+    m = m0
+    for i in range(i0, n):
+        first = m  # this alert's first row: rolled back to if the buffers fill up
         x = ipix[i]
         t = mjd[i]
         for li in range(levels.shape[0]):
@@ -176,24 +227,26 @@ def match_kernel(ipix: np.ndarray, vec: np.ndarray, mjd: np.ndarray, levels: np.
                 if not active[e] or t < tmin[e] or t > tmax[e]:
                     continue
                 if kind[e] == PIXEL_MAP:
-                    a, b = lo, hi
-                    while a < b:  # first pixel starting after x
-                        mid = (a + b) >> 1
-                        if start[mid] <= x:
-                            a = mid + 1
-                        else:
-                            b = mid
-                    j = a - 1
-                    if j < lo or x - start[j] >= (np.int64(1) << np.int64(log2_width[j])):
+                    if hi <= lo:
+                        continue
+                    j = lo  # the last pixel starting at or before x (branch-free halving)
+                    width = hi - lo
+                    while width > 1:
+                        half = width >> 1
+                        j = j + half if start[j + half] <= x else j
+                        width -= half
+                    if start[j] > x or x - start[j] >= (np.int64(1) << np.int64(log2_width[j])):
                         continue
                     cl, area, dens = values[j, 0], values[j, 1], values[j, 2]
                     d_mean, d_std = distance[j, 0], distance[j, 1]
                 else:
-                    p = params[e]
-                    dx, dy, dz = vec[i, 0] - p[0], vec[i, 1] - p[1], vec[i, 2] - p[2]
+                    # the quick rejection reads the centre in place (no row view per visit)
+                    dx = vec[i, 0] - params[e, 0]
+                    dy = vec[i, 1] - params[e, 1]
+                    dz = vec[i, 2] - params[e, 2]
                     if dx * dx + dy * dy + dz * dz > chord2[e]:
                         continue
-                    cl, dens_sr, area_sr = evaluate(kind[e], p, vec[i, 0], vec[i, 1],
+                    cl, dens_sr, area_sr = evaluate(kind[e], params[e], vec[i, 0], vec[i, 1],
                                                     vec[i, 2], gx, gw)
                     if cl > max_level:
                         continue
@@ -201,12 +254,7 @@ def match_kernel(ipix: np.ndarray, vec: np.ndarray, mjd: np.ndarray, levels: np.
                     dens = dens_sr / sr_to_deg2
                     d_mean, d_std = np.nan, np.nan
                 if m == cap:
-                    cap *= 2
-                    ai = _grow1(ai, m, cap)
-                    ei = _grow1(ei, m, cap)
-                    grown = np.empty((5, cap), np.float64)
-                    grown[:, :m] = out[:, :m]
-                    out = grown
+                    return i, first
                 ai[m] = i
                 ei[m] = e
                 out[0, m] = cl
@@ -215,4 +263,4 @@ def match_kernel(ipix: np.ndarray, vec: np.ndarray, mjd: np.ndarray, levels: np.
                 out[3, m] = d_mean
                 out[4, m] = d_std
                 m += 1
-    return ai[:m], ei[:m], out[:, :m]
+    return n, m

@@ -10,11 +10,12 @@ An alert matches an event when both hold:
   (MJD TAI, days; ``config.time_window(kind)``).
 
 How: alert positions are turned once into order-29 NESTED indices (healpy) and unit
-vectors; each alert's cells list the live events whose matchable region touches them
-(:class:`LiveSky`); the time window filters those; for a pixel map a binary search in the
-event's pixels inside that cell finds the pixel, whose credible level, searched area, density
-and distance moments were precomputed when the event was packed; an analytic region is
-evaluated in closed form (:func:`mmcross.model.regions.evaluate`).
+vectors, and grouped by cell (a counting sort); each alert's cells list the live events
+whose matchable region touches them (:class:`LiveSky`); the time window filters those; for
+a pixel map a binary search in the event's pixels inside that cell finds the pixel, whose
+credible level, searched area, density and distance moments were precomputed when the event
+was packed; an analytic region is evaluated in closed form
+(:func:`mmcross.model.regions.evaluate`).
 
 Events are added, replaced and removed one at a time (:meth:`Matcher.upsert`,
 :meth:`Matcher.remove`): nothing else is repacked. An unchanged (event_id, revision,
@@ -67,7 +68,8 @@ def alert_pixels(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
 @dataclass
 class MatchArrays:
     """Matches of one batch as columns, one row per (alert, event) pair, grouped by alert
-    (alerts in order of their HEALPix index; within an alert, events in index order).
+    (alerts grouped by their cell of the spatial lookup; within an alert, events in index
+    order).
 
     Attributes:
         alert_index: row of the alert in the batch.
@@ -214,7 +216,7 @@ class Matcher:
                     active[entry.number] = True
         if len(alerts) and self.sky.n_events and active.any():
             pix = alert_pixels(alerts.ra, alerts.dec)
-            by_pixel = np.argsort(pix, kind="stable")  # locality: neighbours share cells
+            by_pixel = kernels.group_by_cell(pix, self.cell_order)  # locality: shared cells
             ra, dec = alerts.ra[by_pixel], alerts.dec[by_pixel]
             ai, ei, values = self.sky.match(
                 pix[by_pixel], kernels.unit_vectors(np.ascontiguousarray(ra, np.float64),

@@ -244,6 +244,33 @@ def test_many_events_at_once_equal_each_event_alone(maps, config):
         assert mine  # every event has some
 
 
+def test_output_buffers_growing_mid_batch_change_nothing(maps, config):
+    """The kernel starts with the capacity hint and doubles its buffers when they fill up,
+    redoing the alert it stopped in: from 16 rows or from plenty, the same matches."""
+    events = [gw_event(name, loc, T0 + k * u.day, revision=1)
+              for k, (name, (loc, _)) in enumerate(maps.items())]
+    events += [Event(f"swift:{k}", EventKind.GRB, "Swift-BAT", T0,
+                     shapes.circle(200.0 + k, -30.0, 3.0), revision=1) for k in range(30)]
+    rng = np.random.default_rng(5)
+    r, d = events[-1].localization.sample(4000, rng)  # each alert inside ~30 overlapping circles
+    alerts = batch(np.r_[r, rng.uniform(0, 360, 4000)], np.r_[d, rng.uniform(-90, 90, 4000)],
+                   T0.tai.mjd + rng.uniform(0.0, 1.0, 8000))
+    matcher = Matcher(config)
+    matcher.set_events(events)
+    pix = alert_pixels(alerts.ra, alerts.dec)
+    order = np.argsort(pix, kind="stable")
+    from mmcross.matchers import kernels
+
+    vec = kernels.unit_vectors(alerts.ra[order], alerts.dec[order])
+    mjd = np.ascontiguousarray(alerts.mjd_tai[order])
+    active = np.ones(matcher.sky.capacity, bool)
+    small = matcher.sky.match(pix[order], vec, mjd, active, 16)
+    large = matcher.sky.match(pix[order], vec, mjd, active, 10**6)
+    assert len(small[0]) > 10_000
+    for a, b in zip(small, large, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_only_restricts_to_the_given_events(maps, config):
     (l1, _), (l2, _) = maps["MS181101ab"], maps["S230518h"]
     e1, e2 = gw_event("a", l1), gw_event("b", l2)
