@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
 
-from mmcross.matchers.history_match import credible_ranges, history_in_ranges, retro_candidates
+from mmcross.matchers import Matcher
+from mmcross.matchers.history_match import pixel_hits
 from mmcross.model.alert import AlertBatch
+from mmcross.model.config import Config
+from mmcross.model.event import Event, EventKind
 from mmcross.model.history import AlertHistory
 from mmcross.model.localization import Localization
 
@@ -105,7 +108,15 @@ def s230518h(shared_file):
     return Localization.from_fits(shared_file(S230518H_MAP))
 
 
-def test_range_search_equals_ligo_skymap_crossmatch(shared_file, s230518h):
+def _gw(localization, t0: float) -> Event:
+    from astropy.time import Time
+
+    return Event(event_id="lvk:S230518h", kind=EventKind.GW, instrument="LVK",
+                 trigger_time=Time(t0, format="mjd", scale="tai"), localization=localization,
+                 revision=1)
+
+
+def test_retro_search_equals_ligo_skymap_crossmatch(shared_file, s230518h):
     crossmatch = pytest.importorskip("ligo.skymap.postprocess").crossmatch
     read_sky_map = pytest.importorskip("ligo.skymap.io").read_sky_map
     rng = np.random.default_rng(11)
@@ -116,8 +127,14 @@ def test_range_search_equals_ligo_skymap_crossmatch(shared_file, s230518h):
     for part in (batch, inside):
         for rows in np.array_split(np.arange(len(part)), 5):
             h.add(part.take(rows))
-    level, t0, t1 = 0.9, 60000.2, 60000.8
-    got = retro_candidates(h, s230518h, level, t0, t1)
+    config = Config.load()
+    matcher = Matcher(config)
+    event = _gw(s230518h, 60000.2)
+    matcher.upsert(event)
+    got = matcher.retro(h, event.event_id)
+    window = config.time_window(event.kind)
+    t0, t1 = 60000.2 + window.before, 60000.2 + window.after
+    level = config.credible_level
 
     every = AlertBatch.concatenate([batch, inside])
     sky = read_sky_map(str(shared_file(S230518H_MAP)), moc=True)
@@ -128,30 +145,22 @@ def test_range_search_equals_ligo_skymap_crossmatch(shared_file, s230518h):
     assert sorted(got.alert_id.tolist()) == sorted(expected.tolist())
 
 
-def test_ranges_cover_the_credible_pixels_and_merge_neighbours(s230518h):
-    starts, ends = credible_ranges(s230518h, 0.9)
-    assert np.all(starts[1:] > ends[:-1])  # sorted, disjoint, adjacent ones merged
-    keep = s230518h.credible_levels() <= 0.9
-    order = np.floor(np.log2(s230518h.uniq[keep] // 4) / 2).astype(int)  # NUNIQ -> order
-    expected = sum(hp.nside2pixarea(2**o, degrees=True) for o in order)
-    area = (ends - starts).sum() * hp.nside2pixarea(2**29, degrees=True)
-    assert area == pytest.approx(expected, rel=1e-9)
-    assert len(starts) < keep.sum()
-
-
-def test_range_hits_edges_and_expired_alerts():
+def test_pixel_hits_edges_and_expired_alerts():
     h = AlertHistory(horizon_days=1.0, max_alerts=100)
     ra, dec = np.array([10.0, 10.0, 200.0]), np.array([5.0, 5.0, -30.0])
     pix = hp.ang2pix(2**29, ra, dec, nest=True, lonlat=True)
     h.add(AlertBatch([1, 2, 3], ["1", "2", "3"], ra, dec, [60000.0, 60000.5, 60000.5]))
     h.add(AlertBatch([4], ["4"], [300.0], [0.0], [60001.2]))  # alert 1 expires
-    one = np.array([pix[0]])
-    got = history_in_ranges(h, one, one + 1, 59000.0, 61000.0)
-    assert got.alert_id.tolist() == [2]
-    got = history_in_ranges(h, one + 1, one + 2, 59000.0, 61000.0)  # end is exclusive
-    assert len(got) == 0
-    got = history_in_ranges(h, np.array([0]), np.array([12 * 4**29]), 60000.5, 60000.5)
-    assert sorted(got.alert_id.tolist()) == [2, 3]  # time edges included
+
+    def ids(start, log2_width, t0, t1):
+        return sorted(int(run.alert_id[r]) for run, rows, _ in
+                      pixel_hits(h, np.array(start), np.array(log2_width), t0, t1) for r in rows)
+
+    assert ids([pix[0]], [0], 59000.0, 61000.0) == [2]
+    assert ids([pix[0] + 1], [0], 59000.0, 61000.0) == []  # the pixel's end is exclusive
+    assert ids([0], [62], 60000.5, 60000.5) == [2, 3]  # the whole sky; time edges included
+    (run, rows, which), = pixel_hits(h, np.array([0, pix[2]]), np.array([0, 0]), 0.0, 1e5)
+    assert run.alert_id[rows].tolist() == [3] and which.tolist() == [1]  # the pixel it is in
 
 
 def test_an_analytic_region_takes_the_time_slice_without_rasterising():
@@ -162,21 +171,21 @@ def test_an_analytic_region_takes_the_time_slice_without_rasterising():
 
     loc = Localization.from_region(FisherCircle(ra=10.0, dec=-20.0, radius=2.0), rasterise)
     h = AlertHistory(horizon_days=10, max_alerts=1000)
-    h.add(_batch(60000.0, 11))
-    got = retro_candidates(h, loc, 0.9, 60000.03, 60000.07)
-    assert np.array_equal(got.alert_id, h.between(60000.03, 60000.07).alert_id)
+    h.add(_batch(60000.0, 11))  # at (10, -20): inside the circle
+    config = Config.load()
+    matcher = Matcher(config)
+    event = _gw(loc, 60000.05)
+    matcher.upsert(event)
+    got = matcher.retro(h, event.event_id)
+    window = config.time_window(event.kind)
+    expected = h.between(60000.05 + window.before, 60000.05 + window.after).alert_id
+    assert len(expected) and np.array_equal(np.sort(got.alert_id), np.sort(expected))
 
 
 def test_retro_by_pixel_equals_matching_the_history_afresh(shared_file, s230518h):
     """Matcher.retro (history intersected with the packed pixels, scores read per pixel)
     gives the very reports Matcher.match gives on the same alerts, field for field, and
     ligo.skymap's searched_prob and searched_area."""
-    from astropy.time import Time
-
-    from mmcross.matchers import Matcher
-    from mmcross.model.config import Config
-    from mmcross.model.event import Event, EventKind
-
     crossmatch = pytest.importorskip("ligo.skymap.postprocess").crossmatch
     read_sky_map = pytest.importorskip("ligo.skymap.io").read_sky_map
     rng = np.random.default_rng(5)
@@ -189,9 +198,7 @@ def test_retro_by_pixel_equals_matching_the_history_afresh(shared_file, s230518h
         for rows in np.array_split(np.arange(len(part)), 4):
             h.add(part.take(rows))
     config = Config.load()
-    event = Event(event_id="lvk:S230518h", kind=EventKind.GW, instrument="LVK",
-                  trigger_time=Time(t0, format="mjd", scale="tai"), localization=s230518h,
-                  revision=1)
+    event = _gw(s230518h, t0)
     matcher = Matcher(config)
     matcher.upsert(event)
     got = matcher.retro(h, event.event_id)
