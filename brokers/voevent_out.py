@@ -20,7 +20,9 @@ Kafka keys stay ``event_id|alert_id`` (compaction keeps the latest state of a pa
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import functools
 import logging
 from dataclasses import fields
 from urllib.parse import quote
@@ -116,6 +118,44 @@ def counterpart_voevent(match: Match, *, author_ivorn: str = DEFAULT_AUTHOR_IVOR
                         date: dt.datetime | None = None) -> bytes:
     """VOEvent 2.0 (UTF-8 XML) announcing the alert of ``match`` as a possible counterpart.
 
+    The packet is a copy of a template built once with voevent-parse
+    (:func:`build_counterpart_voevent`, byte for byte the same output) with this match's
+    values set in it: about ten times faster than building it afresh, which matters when
+    one notice retro-matches tens of thousands of alerts.
+
+    Args:
+        match: the match; position degrees ICRS, times ISO 8601 UTC.
+        author_ivorn: the author's IVORN (``Who/AuthorIVORN``).
+        stream: IVORN authority/path of counterpart packets.
+        event_ivorn: IVORN of the GCN notice of the event, cited as ``followup``; by default
+            the match's own ``notice_ivorn``.
+        date: packet creation time (``Who/Date``, UTC), by default now.
+    """
+    notice = event_ivorn if event_ivorn is not None else match.notice_ivorn
+    t = _template("counterpart", stream, author_ivorn)
+    v, how, why = t.fill(match, stream, date)
+    how.text = _how_text(match, notice)
+    why.set("probability", str(_probability(match)))
+    why[0].text = match.event_id
+    citations = [(notice, vp.definitions.cite_types.followup)] if notice else []
+    if match.supersedes_revision is not None:
+        citations.append((counterpart_ivorn(match, stream=stream,
+                                            revision=match.supersedes_revision),
+                          vp.definitions.cite_types.supersedes))
+    if citations:
+        cites = etree.SubElement(v, "Citations")
+        for ivorn, cite_type in citations:
+            etree.SubElement(cites, "EventIVORN", cite=cite_type).text = ivorn
+    return etree.tostring(v, xml_declaration=True, encoding="UTF-8")
+
+
+def build_counterpart_voevent(match: Match, *, author_ivorn: str = DEFAULT_AUTHOR_IVORN,
+                              stream: str = COUNTERPART_STREAM,
+                              event_ivorn: str | None = None,
+                              date: dt.datetime | None = None) -> bytes:
+    """:func:`counterpart_voevent` built afresh with voevent-parse (the template's source
+    and the reference the tests compare it with).
+
     Args:
         match: the match; position degrees ICRS, times ISO 8601 UTC.
         author_ivorn: the author's IVORN (``Who/AuthorIVORN``).
@@ -128,13 +168,10 @@ def counterpart_voevent(match: Match, *, author_ivorn: str = DEFAULT_AUTHOR_IVOR
               author_ivorn=author_ivorn, date=date)
     how = etree.SubElement(v, "How")
     notice = event_ivorn if event_ivorn is not None else match.notice_ivorn
-    how.Description = (f"Optical alert {match.alert_id} inside the credible region of "
-                       f"{match.event_id} revision {match.event_revision} "
-                       f"(searched probability {match.credible_level:.3f}), answering "
-                       f"{notice or 'its GCN notice (no IVORN: a JSON or Avro notice)'}")
+    how.Description = _how_text(match, notice)
     etree.SubElement(v, "Why").append(vp.Inference(
-        probability=max(0.0, min(1.0, 1.0 - match.p_chance)), relation="associated",
-        name=match.event_id, concept="optical counterpart candidate"))
+        probability=_probability(match), relation="associated",
+        name=match.event_id, concept=COUNTERPART_CONCEPT))
     if notice:
         _cite(v, notice, vp.definitions.cite_types.followup)
     if match.supersedes_revision is not None:
@@ -147,11 +184,134 @@ def retraction_voevent(match: Match, *, author_ivorn: str = DEFAULT_AUTHOR_IVORN
                        stream: str = RETRACTION_STREAM,
                        counterpart_stream: str = COUNTERPART_STREAM,
                        date: dt.datetime | None = None) -> bytes:
-    """VOEvent 2.0 retracting the counterpart VOEvent of ``match`` (``cite="retraction"``)."""
+    """VOEvent 2.0 retracting the counterpart VOEvent of ``match`` (``cite="retraction"``),
+    from a template as :func:`counterpart_voevent` (same bytes as
+    :func:`build_retraction_voevent`)."""
+    v, _, _ = _template("retraction", stream, author_ivorn).fill(match, stream, date)
+    cites = etree.SubElement(v, "Citations")
+    etree.SubElement(cites, "EventIVORN", cite=vp.definitions.cite_types.retraction).text = \
+        counterpart_ivorn(match, stream=counterpart_stream)
+    etree.SubElement(cites, "Description").text = _retraction_text(match)
+    return etree.tostring(v, xml_declaration=True, encoding="UTF-8")
+
+
+def build_retraction_voevent(match: Match, *, author_ivorn: str = DEFAULT_AUTHOR_IVORN,
+                             stream: str = RETRACTION_STREAM,
+                             counterpart_stream: str = COUNTERPART_STREAM,
+                             date: dt.datetime | None = None) -> bytes:
+    """:func:`retraction_voevent` built afresh with voevent-parse (template source and
+    reference)."""
     v = _base(match, ivorn_stream=stream, stream_id=_stream_id(match),
               author_ivorn=author_ivorn, date=date)
     _cite(v, counterpart_ivorn(match, stream=counterpart_stream),
           vp.definitions.cite_types.retraction)
-    v.Citations.Description = (f"Match of alert {match.alert_id} with {match.event_id} "
-                               "retracted")
+    v.Citations.Description = _retraction_text(match)
     return vp.dumps(v)
+
+
+COUNTERPART_CONCEPT = "optical counterpart candidate"
+
+
+def _how_text(match: Match, notice: str) -> str:
+    return (f"Optical alert {match.alert_id} inside the credible region of "
+            f"{match.event_id} revision {match.event_revision} "
+            f"(searched probability {match.credible_level:.3f}), answering "
+            f"{notice or 'its GCN notice (no IVORN: a JSON or Avro notice)'}")
+
+
+def _probability(match: Match) -> float:
+    return max(0.0, min(1.0, 1.0 - match.p_chance))
+
+
+def _retraction_text(match: Match) -> str:
+    return f"Match of alert {match.alert_id} with {match.event_id} retracted"
+
+
+def _param_text(value: object) -> tuple[str, str]:
+    """(dataType, value text) of a Param, as :func:`voevent_param` writes them."""
+    if isinstance(value, bool):
+        return "string", "true" if value else "false"
+    if isinstance(value, int):
+        return "int", str(value)
+    if isinstance(value, float):
+        return "float", repr(value)
+    return "string", str(value)
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Match))
+_SAMPLE = Match(event_id="e", event_revision=1, event_kind="gw", instrument="i",
+                event_time="2000-01-01T00:00:00.000Z", alert_id=1, object_id="1", ra=1.0,
+                dec=1.0, alert_time="2000-01-01T00:00:00.000Z", time_offset=1.0,
+                credible_level=0.5, searched_area=1.0, prob_density=1.0, distance_mean=1.0,
+                distance_std=1.0, p_chance=0.5, notice_ivorn="x", supersedes_revision=1)
+
+
+class _Template:
+    """A packet built once with voevent-parse, as a plain lxml tree, and the places a match
+    changes in it, as child-index paths (followed again in each copy)."""
+
+    def __init__(self, kind: str, stream: str, author_ivorn: str) -> None:
+        date = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+        if kind == "counterpart":
+            xml = build_counterpart_voevent(_SAMPLE, author_ivorn=author_ivorn, stream=stream,
+                                            event_ivorn="", date=date)
+        else:
+            xml = build_retraction_voevent(_SAMPLE, author_ivorn=author_ivorn, stream=stream,
+                                           date=date)
+        root = etree.fromstring(xml)
+        if (cites := root.find("Citations")) is not None:
+            root.remove(cites)  # made per packet
+        self.root = root
+        self.has_how = kind == "counterpart"
+
+        def path(element: etree._Element) -> tuple[int, ...]:
+            steps = []
+            while element is not root:
+                parent = element.getparent()
+                steps.append(parent.index(element))
+                element = parent
+            return tuple(reversed(steps))
+
+        self.date = path(root.find("Who/Date"))
+        self.what = path(root.find("What"))
+        self.iso = path(root.find(".//TimeInstant/ISOTime"))
+        self.c1 = path(root.find(".//Value2/C1"))
+        self.c2 = path(root.find(".//Value2/C2"))
+        self.how = path(root.find("How/Description")) if self.has_how else None
+        self.why = path(root.find("Why/Inference")) if self.has_how else None
+
+    @staticmethod
+    def _at(root: etree._Element, steps: tuple[int, ...]) -> etree._Element:
+        for i in steps:
+            root = root[i]
+        return root
+
+    def fill(self, match: Match, stream: str, date: dt.datetime | None
+             ) -> tuple[etree._Element, etree._Element | None, etree._Element | None]:
+        """A copy with the match's identity, date, Params and WhereWhen set; returns it
+        with its How/Description and Why/Inference (``None`` for a retraction)."""
+        v = copy.deepcopy(self.root)
+        v.set("ivorn", f"ivo://{stream}#{_stream_id(match)}")
+        when = date or dt.datetime.now(dt.UTC)
+        self._at(v, self.date).text = when.replace(microsecond=0).isoformat()
+        what = self._at(v, self.what)
+        for param, name in zip(list(what), _FIELD_NAMES, strict=True):
+            value = getattr(match, name)
+            if value is None:
+                what.remove(param)
+                continue
+            data_type, text = _param_text(value)
+            param.set("value", text)
+            param.set("dataType", data_type)
+        obs = _utc(match.alert_time).astimezone(dt.UTC).replace(tzinfo=None)
+        self._at(v, self.iso).text = obs.isoformat()
+        self._at(v, self.c1).text = str(match.ra)
+        self._at(v, self.c2).text = str(match.dec)
+        if not self.has_how:
+            return v, None, None
+        return v, self._at(v, self.how), self._at(v, self.why)
+
+
+@functools.cache
+def _template(kind: str, stream: str, author_ivorn: str) -> _Template:
+    return _Template(kind, stream, author_ivorn)

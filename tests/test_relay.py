@@ -129,7 +129,7 @@ def test_a_crash_before_the_relay_commit_repeats_that_poll_only(kafka_broker, tm
                 pass
 
         relay = CommittedRelay({{"bootstrap.servers": {kafka_broker!r}}}, {topic!r},
-                               {group!r}, [Lines()], batch=4)
+                               {group!r}, [Lines()], batch=4, instance_id="me")
         while True:
             relay.step(0.2)
     """)
@@ -140,8 +140,9 @@ def test_a_crash_before_the_relay_commit_repeats_that_poll_only(kafka_broker, tm
     polls = [json.loads(line) for line in handed.read_text().splitlines()]
     assert len(polls) == 2 and sum(polls, []) == late[:len(polls[0]) + len(polls[1])]
 
-    after = Collect()
-    relay = CommittedRelay({"bootstrap.servers": kafka_broker}, topic, group, [after])
+    after = Collect()  # the same static member: takes the partition back at once
+    relay = CommittedRelay({"bootstrap.servers": kafka_broker}, topic, group, [after],
+                           instance_id="me")
     try:
         _relay_until(relay, after, len(late) - len(polls[0]))
         for _ in range(3):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 import voeventparse as vp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lxml import etree
 
 from mmcross.brokers.voevent_out import counterpart_ivorn, counterpart_voevent, retraction_voevent
@@ -67,3 +69,34 @@ def test_retraction_cites_the_counterpart_and_parses_with_lxml():
     assert cite.attrib["cite"] == "retraction" and cite.text == counterpart_ivorn(match)
     params = {p.attrib["name"]: p.attrib["value"] for p in root.iterfind(".//What/Param")}
     assert params["retracted"] == "true"
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(event_id=_text, revision=st.integers(1, 10**6), alert_id=st.integers(0, 2**62),
+       object_id=_text, ra=st.floats(0, 360, exclude_max=True), dec=st.floats(-90, 90),
+       credible_level=st.floats(0, 1), p_chance=st.floats(0, 1),
+       distance=st.one_of(st.none(), st.floats(0.1, 1e4)), notice_ivorn=_text,
+       supersedes=st.one_of(st.none(), st.integers(1, 10**6)), retracted=st.booleans(),
+       millisecond=st.integers(0, 86_400_000 - 1))
+def test_template_packets_are_byte_for_byte_the_voevent_parse_packets(
+        event_id, revision, alert_id, object_id, ra, dec, credible_level, p_chance, distance,
+        notice_ivorn, supersedes, retracted, millisecond):
+    """counterpart_voevent/retraction_voevent copy a template; voevent-parse builds afresh:
+    the same bytes for any values (XML-special characters included), and valid VOEvent 2.0."""
+    from mmcross.brokers.voevent_out import build_counterpart_voevent, build_retraction_voevent
+
+    when = dt.datetime(2026, 5, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=millisecond)
+    match = make_match(event_id=event_id or "e", event_revision=revision, alert_id=alert_id,
+                       object_id=object_id, ra=ra, dec=dec, credible_level=credible_level,
+                       p_chance=p_chance, distance_mean=distance, distance_std=distance,
+                       notice_ivorn=notice_ivorn, supersedes_revision=supersedes,
+                       retracted=retracted,
+                       alert_time=when.isoformat(timespec="milliseconds")[:-6] + "Z")
+    date = dt.datetime(2026, 12, 3, 17, 0, 1, tzinfo=dt.UTC)
+    fast = counterpart_voevent(match, date=date)
+    assert fast == build_counterpart_voevent(match, date=date)
+    assert retraction_voevent(match, date=date) == build_retraction_voevent(match, date=date)
+    assert vp.valid_as_v2_0(vp.loads(fast))

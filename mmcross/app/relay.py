@@ -48,19 +48,24 @@ class CommittedRelay:
         group_id: the relay's consumer group.
         sinks: report sinks (VTP broadcaster, Hopskotch producer); closed by :meth:`close`.
         batch: most reports handed over per poll.
+        instance_id: static group membership (``group.instance.id``, the service's
+            transactional id + ``.relay``): a restarted relay takes its partitions back at
+            once instead of waiting for its killed predecessor's session to expire.
     """
 
     def __init__(self, consumer_props: Mapping[str, Any], report_topic: str, group_id: str,
-                 sinks: Sequence[ReportSink], batch: int = 500) -> None:
+                 sinks: Sequence[ReportSink], batch: int = 500,
+                 instance_id: str | None = None) -> None:
         self.report_topic = report_topic
         self.sinks = list(sinks)
         self.batch = batch
         self.relayed = 0
         self.undecodable = 0
-        self._consumer = Consumer({
-            **dict(consumer_props), "group.id": group_id, "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "auto.offset.reset": "latest"})
+        props = {**dict(consumer_props), "group.id": group_id, "enable.auto.commit": False,
+                 "isolation.level": "read_committed", "auto.offset.reset": "latest"}
+        if instance_id:
+            props["group.instance.id"] = instance_id
+        self._consumer = Consumer(props)
         self._stop = threading.Event()
         self._assigned = threading.Event()
         self._thread: threading.Thread | None = None

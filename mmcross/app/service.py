@@ -265,7 +265,8 @@ class ListenService(EngineLoop):
                 f"{alert_consumer_config(self.config, **kw)['group.id']}.relay"
             ensure_topic(base_properties(self.config, **kw), s.report_topic)
             self.relay = CommittedRelay(base_properties(self.config, **kw), s.report_topic,
-                                        group, relayed).start()
+                                        group, relayed,
+                                        instance_id=f"{self.output.owner}.relay").start()
             if not self.relay.wait_assigned(self.settings.commit_timeout):
                 raise ConfigError(f"the relay of {s.report_topic} got no partition in "
                                   f"{self.settings.commit_timeout:g} s (group {group})")
