@@ -7,10 +7,10 @@ cutouts per packet, about 66 KB a packet by default; codec ``--codec``, written 
 and the same real notices, and must find the same (event, alert) match set:
 
 * **mmcross**: ``mmcross replay --notices ... --alerts FILE.avro --out DIR`` as a subprocess;
-  wall clock from spawn to exit (Python start, imports, numba cache load, notice parsing and
-  circle rasterisation, container walking and prefix decoding, matching, SQLite and report
-  writes), and from spawn to the first match report written (``first match``). Its own
-  in-process alerts/s is read from the summary line it prints.
+  wall clock from spawn to exit (Python start, imports, numba cache load, notice parsing
+  (circles stay in closed form), container walking and prefix decoding, matching, SQLite,
+  JSON Lines and VOEvent report writes), and from spawn to the first match report written
+  (``first match``). Its own in-process alerts/s is read from the summary line it prints.
 * **peer**: this script with ``--peer`` as a subprocess: reads the same file with
   ``fastavro.reader`` (every record decoded fully with the embedded writer schema), and per
   batch of
@@ -30,7 +30,8 @@ which starts at the GW trigger. Counterparts are injected inside each localizati
 The alert file is generated once and cached in ``--workdir``. ``mmcross --help`` is timed
 too (start-up). The main row uses the default
 configuration; a variant row (``--variant-tolerance``, 0 to skip) runs both sides with a
-looser ``localization.credible_level_tolerance`` for the rasterised circles.
+looser ``localization.credible_level_tolerance``, which only changes the peer's rasterised
+circles (mmcross matches circles in closed form).
 
 Usage: python scripts/bench_replay.py [--n 40000] [--workdir /tmp/mmcross-bench-replay]
 """
@@ -271,8 +272,8 @@ def run_mmcross(cmd: list[str], out: Path) -> dict:
     if m is None:
         raise SystemExit(f"no summary line in mmcross output:\n{proc.stdout}")
     stamps = {}
-    for key, pattern in (("restored", r"INFO mmcross\.engine: restored "),
-                         ("parsed", r"INFO mmcross\.replay: replay: \d+ notices parsed")):
+    for key, pattern in (("restored", r"INFO mmcross\.app\.engine: restored "),
+                         ("parsed", r"INFO mmcross\.app\.replay: replay: \d+ notices parsed")):
         found = re.search(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) " + pattern,
                           proc.stderr, re.M)
         if found:
