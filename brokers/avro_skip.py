@@ -246,10 +246,29 @@ def build_table(schemas: Iterable[RubinSchema]) -> ProgramTable:
         code=cat("code", np.int8), param=cat("param", np.int64), role=cat("role", np.int8))
 
 
-@functools.cache
-def program_table() -> ProgramTable:
-    """The :class:`ProgramTable` of every schema lsst-alert-packet ships (built once)."""
-    return build_table(get_schema(sid) for sid in known_schema_ids())
+@functools.lru_cache(maxsize=16)
+def program_table(schema_ids: frozenset[int] | None = None) -> ProgramTable:
+    """The :class:`ProgramTable` of the given shipped schemas (default: every schema
+    lsst-alert-packet ships); built once per set."""
+    ids = known_schema_ids() if schema_ids is None else sorted(schema_ids)
+    return build_table(get_schema(sid) for sid in ids)
+
+
+def schema_ids_in(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                  body_schema_id: int = -1) -> frozenset[int]:
+    """The shipped schema ids the messages name (Confluent wire header; or
+    ``body_schema_id`` for bare bodies): the programs :func:`decode_messages` needs."""
+    if body_schema_id >= 0:
+        ids = {int(body_schema_id)}
+    else:
+        starts = np.asarray(starts, np.int64)
+        framed = starts[(np.asarray(ends, np.int64) - starts >= 6)]
+        framed = framed[np.asarray(buf[framed]) == 0]
+        b = np.asarray(buf, np.uint8)
+        sid = ((b[framed + 1].astype(np.int64) << 24) | (b[framed + 2].astype(np.int64) << 16)
+               | (b[framed + 3].astype(np.int64) << 8) | b[framed + 4].astype(np.int64))
+        ids = set(np.unique(sid).tolist())
+    return frozenset(ids & set(known_schema_ids()))
 
 
 class Decoded(NamedTuple):
@@ -509,11 +528,14 @@ def decode_messages(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, *,
         starts, ends: int64 byte offsets of each message in ``buf``.
         body_schema_id: ``-1``: messages are Confluent wire format (5-byte header checked);
             else they are bare Avro bodies of this schema id.
-        table: compiled programs; default :func:`program_table` (every shipped schema).
+        table: compiled programs; default :func:`program_table` of the shipped schemas the
+            messages name (:func:`schema_ids_in`): a process reading one schema version
+            prepares only that one.
 
     Never raises on packet content: each message gets a status code instead.
     """
-    table = program_table() if table is None else table
+    if table is None:
+        table = program_table(schema_ids_in(buf, starts, ends, body_schema_id))
     n = len(starts)
     status = np.zeros(n, np.int8)
     errpos = np.zeros(n, np.int64)

@@ -15,11 +15,11 @@ import functools
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import fastavro
-from lsst.alert.packet import SchemaRegistry
-from lsst.alert.packet.schema import get_latest_schema_version
+from lsst.alert.packet.schema import Schema, get_latest_schema_version, get_schema_root
 
 from mmcross.model.errors import BadAlertError
 
@@ -112,20 +112,34 @@ def build_schema(schema_id: int, version: str, definition: dict[str, Any]) -> Ru
 
 
 @functools.cache
-def _registry() -> dict[int, RubinSchema]:
-    reg = SchemaRegistry.all_schemas_from_filesystem()
-    out: dict[int, RubinSchema] = {}
-    for version in reg.known_versions:
-        schema = reg.get_by_version(version)
-        sid = schema.get_schema_id()
-        out[sid] = build_schema(sid, version, schema.definition)
-    log.debug("loaded %d Rubin alert schemas: %s", len(out), sorted(out))
+def _schema_files() -> dict[int, tuple[str, Path]]:
+    """schema id -> (version, file) of every alert schema lsst-alert-packet ships, from its
+    folder names (``<major>/<minor>/lsst.v<major>_<minor>.alert.avsc``): nothing is parsed
+    here, so a process that reads one schema does not pay for the other fifteen."""
+    out: dict[int, tuple[str, Path]] = {}
+    root = Path(get_schema_root())
+    for path in sorted(root.glob("*/*/*alert.avsc")):
+        major, minor = path.parent.parent.name, path.parent.name
+        if major.isdigit() and minor.isdigit():
+            out[int(major) * 100 + int(minor)] = (f"{major}.{minor}", path)
     return out
+
+
+@functools.cache
+def _load(schema_id: int) -> RubinSchema:
+    """Parse and prepare one shipped schema (once per process)."""
+    version, path = _schema_files()[schema_id]
+    schema = Schema.from_file(str(path))
+    if schema.get_schema_id() != schema_id:
+        raise ValueError(f"{path}: schema id {schema.get_schema_id()}, its folder says "
+                         f"{schema_id}")
+    log.debug("loaded Rubin alert schema %s (%d)", version, schema_id)
+    return build_schema(schema_id, version, schema.definition)
 
 
 def known_schema_ids() -> list[int]:
     """Every schema id shipped by the installed lsst-alert-packet, ascending."""
-    return sorted(_registry())
+    return sorted(_schema_files())
 
 
 def latest_schema_id() -> int:
@@ -140,10 +154,8 @@ def get_schema(schema_id: int, *, source: str = "") -> RubinSchema:
     Raises:
         BadAlertError: no such schema in lsst-alert-packet (``source`` says where from).
     """
-    try:
-        return _registry()[schema_id]
-    except KeyError:
+    if schema_id not in _schema_files():
         raise BadAlertError(
             f"unknown Rubin alert schema id {schema_id} "
-            f"(known: {', '.join(map(str, known_schema_ids()))})", source=source or "alert"
-        ) from None
+            f"(known: {', '.join(map(str, known_schema_ids()))})", source=source or "alert")
+    return _load(schema_id)

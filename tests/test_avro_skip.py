@@ -245,7 +245,7 @@ def test_unsupported_schema_falls_back_to_fastavro(monkeypatch, shared_file):
         avro_skip.compile_schema(dataclasses.replace(schema, prefix=prefix))
     table = avro_skip.build_table([dataclasses.replace(schema, prefix=prefix)])
     assert table.by_id[1101] == -2
-    monkeypatch.setattr(avro_skip, "program_table", lambda: table)
+    monkeypatch.setattr(avro_skip, "program_table", lambda schema_ids=None: table)
     good = shared_file(LSST + "lsst.v11_1.wire.fake.avro").read_bytes()
     batch, errors = decode_wire_many([good, good[:40]], ["a", "b"])
     assert errors and "b" in str(errors[0])
@@ -302,3 +302,14 @@ def test_frames_and_mmap_packets_outlive_the_iterator(tmp_path):
     assert batches[0].sources[:2] == [f"{stream}#0", f"{stream}#1"]
     no_packets = list(iter_alert_batches([tmp_path], keep_packets=False))
     assert no_packets == []
+
+
+def test_a_batch_prepares_only_the_schemas_it_names(shared_file):
+    good = shared_file(LSST + "lsst.v11_1.wire.fake.avro").read_bytes()
+    buf, starts, ends = _buffer([good, good, b"\x00\x00\x00\x00\x01", b"\x01junk!!"])
+    assert avro_skip.schema_ids_in(buf, starts, ends) == {1101}
+    assert avro_skip.schema_ids_in(buf, starts, ends, body_schema_id=900) == {900}
+    unknown = _buffer([b"\x00" + struct.pack(">I", 4242) + good[5:]])
+    assert avro_skip.schema_ids_in(*unknown) == frozenset()
+    d = avro_skip.decode_messages(*unknown)
+    assert d.status.tolist() == [avro_skip.UNKNOWN_SCHEMA]  # still named as unknown
