@@ -20,10 +20,10 @@ Kafka keys stay ``event_id|alert_id`` (compaction keeps the latest state of a pa
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import functools
 import logging
+import re
 from dataclasses import fields
 from urllib.parse import quote
 
@@ -132,21 +132,14 @@ def counterpart_voevent(match: Match, *, author_ivorn: str = DEFAULT_AUTHOR_IVOR
         date: packet creation time (``Who/Date``, UTC), by default now.
     """
     notice = event_ivorn if event_ivorn is not None else match.notice_ivorn
-    t = _template("counterpart", stream, author_ivorn)
-    v, how, why = t.fill(match, stream, date)
-    how.text = _how_text(match, notice)
-    why.set("probability", str(_probability(match)))
-    why[0].text = match.event_id
-    citations = [(notice, vp.definitions.cite_types.followup)] if notice else []
+    cites = [(notice, vp.definitions.cite_types.followup)] if notice else []
     if match.supersedes_revision is not None:
-        citations.append((counterpart_ivorn(match, stream=stream,
-                                            revision=match.supersedes_revision),
-                          vp.definitions.cite_types.supersedes))
-    if citations:
-        cites = etree.SubElement(v, "Citations")
-        for ivorn, cite_type in citations:
-            etree.SubElement(cites, "EventIVORN", cite=cite_type).text = ivorn
-    return etree.tostring(v, xml_declaration=True, encoding="UTF-8")
+        cites.append((counterpart_ivorn(match, stream=stream,
+                                        revision=match.supersedes_revision),
+                      vp.definitions.cite_types.supersedes))
+    return _template("counterpart", stream, author_ivorn).fill(
+        match, stream, date, _citations(cites), how=_how_text(match, notice),
+        probability=str(_probability(match)))
 
 
 def build_counterpart_voevent(match: Match, *, author_ivorn: str = DEFAULT_AUTHOR_IVORN,
@@ -187,12 +180,10 @@ def retraction_voevent(match: Match, *, author_ivorn: str = DEFAULT_AUTHOR_IVORN
     """VOEvent 2.0 retracting the counterpart VOEvent of ``match`` (``cite="retraction"``),
     from a template as :func:`counterpart_voevent` (same bytes as
     :func:`build_retraction_voevent`)."""
-    v, _, _ = _template("retraction", stream, author_ivorn).fill(match, stream, date)
-    cites = etree.SubElement(v, "Citations")
-    etree.SubElement(cites, "EventIVORN", cite=vp.definitions.cite_types.retraction).text = \
-        counterpart_ivorn(match, stream=counterpart_stream)
-    etree.SubElement(cites, "Description").text = _retraction_text(match)
-    return etree.tostring(v, xml_declaration=True, encoding="UTF-8")
+    cites = [(counterpart_ivorn(match, stream=counterpart_stream),
+              vp.definitions.cite_types.retraction)]
+    return _template("retraction", stream, author_ivorn).fill(
+        match, stream, date, _citations(cites, _retraction_text(match)))
 
 
 def build_retraction_voevent(match: Match, *, author_ivorn: str = DEFAULT_AUTHOR_IVORN,
@@ -246,9 +237,42 @@ _SAMPLE = Match(event_id="e", event_revision=1, event_kind="gw", instrument="i",
                 distance_std=1.0, p_chance=0.5, notice_ivorn="x", supersedes_revision=1)
 
 
+_SLOT = re.compile(r"@@(\w+)@@")
+# characters lxml refuses (XML 1.0): the string template refuses them the same way
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_ok(value: str) -> str:
+    if _NOT_XML.search(value):
+        raise ValueError("All strings must be XML compatible: Unicode or ASCII, no NULL bytes "
+                         "or control characters")
+    return value
+
+
+def _attr(value: str) -> str:
+    """An attribute value escaped as lxml writes it."""
+    return (_xml_ok(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;").replace("\n", "&#10;").replace("\r", "&#13;")
+            .replace("\t", "&#9;"))
+
+
+def _text(value: str) -> str:
+    """Element text escaped as lxml writes it."""
+    return (_xml_ok(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("\r", "&#13;"))
+
+
+def _fill(parts: list[str], values: dict[str, str]) -> str:
+    """``parts`` (literal text and slot names, alternating) with the slots filled."""
+    return "".join([p if i % 2 == 0 else values[p] for i, p in enumerate(parts)])
+
+
 class _Template:
-    """A packet built once with voevent-parse, as a plain lxml tree, and the places a match
-    changes in it, as child-index paths (followed again in each copy)."""
+    """A packet built once with voevent-parse and serialised by lxml, cut into literal text
+    and named slots (``@@name@@``); a packet is the text with its slots filled (values
+    escaped as lxml escapes them), each Param its own piece so that None ones are left
+    out. The hypothesis test in ``tests/test_voevent_out.py`` checks the bytes against
+    voevent-parse's."""
 
     def __init__(self, kind: str, stream: str, author_ivorn: str) -> None:
         date = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
@@ -261,55 +285,62 @@ class _Template:
         root = etree.fromstring(xml)
         if (cites := root.find("Citations")) is not None:
             root.remove(cites)  # made per packet
-        self.root = root
         self.has_how = kind == "counterpart"
+        root.set("ivorn", "@@ivorn@@")
+        root.find("Who/Date").text = "@@date@@"
+        what = root.find("What")
+        self.params: dict[str, list[str]] = {}
+        for param in list(what):
+            param.set("value", "@@value@@")
+            param.set("dataType", "@@type@@")
+            alone = etree.Element("Param", attrib=dict(param.attrib))  # no inherited xmlns
+            self.params[param.get("name")] = _SLOT.split(etree.tostring(alone,
+                                                                        encoding="unicode"))
+            what.remove(param)
+        what.text = "@@params@@"
+        root.find(".//TimeInstant/ISOTime").text = "@@iso@@"
+        root.find(".//Value2/C1").text = "@@c1@@"
+        root.find(".//Value2/C2").text = "@@c2@@"
+        if self.has_how:
+            root.find("How/Description").text = "@@how@@"
+            inference = root.find("Why/Inference")
+            inference.set("probability", "@@probability@@")
+            inference.find("Name").text = "@@name@@"
+        root[-1].tail = "@@citations@@"
+        self.parts = _SLOT.split(etree.tostring(root, xml_declaration=True,
+                                                encoding="UTF-8").decode("utf-8"))
 
-        def path(element: etree._Element) -> tuple[int, ...]:
-            steps = []
-            while element is not root:
-                parent = element.getparent()
-                steps.append(parent.index(element))
-                element = parent
-            return tuple(reversed(steps))
-
-        self.date = path(root.find("Who/Date"))
-        self.what = path(root.find("What"))
-        self.iso = path(root.find(".//TimeInstant/ISOTime"))
-        self.c1 = path(root.find(".//Value2/C1"))
-        self.c2 = path(root.find(".//Value2/C2"))
-        self.how = path(root.find("How/Description")) if self.has_how else None
-        self.why = path(root.find("Why/Inference")) if self.has_how else None
-
-    @staticmethod
-    def _at(root: etree._Element, steps: tuple[int, ...]) -> etree._Element:
-        for i in steps:
-            root = root[i]
-        return root
-
-    def fill(self, match: Match, stream: str, date: dt.datetime | None
-             ) -> tuple[etree._Element, etree._Element | None, etree._Element | None]:
-        """A copy with the match's identity, date, Params and WhereWhen set; returns it
-        with its How/Description and Why/Inference (``None`` for a retraction)."""
-        v = copy.deepcopy(self.root)
-        v.set("ivorn", f"ivo://{stream}#{_stream_id(match)}")
-        when = date or dt.datetime.now(dt.UTC)
-        self._at(v, self.date).text = when.replace(microsecond=0).isoformat()
-        what = self._at(v, self.what)
-        for param, name in zip(list(what), _FIELD_NAMES, strict=True):
+    def fill(self, match: Match, stream: str, date: dt.datetime | None,
+             citations: str, how: str = "", probability: str = "") -> bytes:
+        """The packet of ``match`` (``citations``: the Citations element, serialised)."""
+        params = []
+        for name in _FIELD_NAMES:
             value = getattr(match, name)
-            if value is None:
-                what.remove(param)
-                continue
-            data_type, text = _param_text(value)
-            param.set("value", text)
-            param.set("dataType", data_type)
+            if value is not None:
+                data_type, text = _param_text(value)
+                params.append(_fill(self.params[name], {"value": _attr(text),
+                                                        "type": data_type}))
+        when = date or dt.datetime.now(dt.UTC)
         obs = _utc(match.alert_time).astimezone(dt.UTC).replace(tzinfo=None)
-        self._at(v, self.iso).text = obs.isoformat()
-        self._at(v, self.c1).text = str(match.ra)
-        self._at(v, self.c2).text = str(match.dec)
-        if not self.has_how:
-            return v, None, None
-        return v, self._at(v, self.how), self._at(v, self.why)
+        values = {"ivorn": _attr(f"ivo://{stream}#{_stream_id(match)}"),
+                  "date": when.replace(microsecond=0).isoformat(), "params": "".join(params),
+                  "iso": obs.isoformat(), "c1": str(match.ra), "c2": str(match.dec),
+                  "citations": citations}
+        if self.has_how:
+            values.update(how=_text(how), probability=_attr(probability),
+                          name=_text(match.event_id))
+        return _fill(self.parts, values).encode("utf-8")
+
+
+def _citations(cites: list[tuple[str, str]], description: str | None = None) -> str:
+    """A serialised Citations element: EventIVORNs (ivorn, cite type), then Description."""
+    if not cites:
+        return ""
+    body = "".join(f'<EventIVORN cite="{_attr(kind)}">{_text(ivorn)}</EventIVORN>'
+                   for ivorn, kind in cites)
+    if description is not None:
+        body += f"<Description>{_text(description)}</Description>"
+    return f"<Citations>{body}</Citations>"
 
 
 @functools.cache
