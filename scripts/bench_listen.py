@@ -49,7 +49,6 @@ import argparse
 import importlib.util
 import math
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -59,7 +58,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -111,13 +109,17 @@ MID_BURST_NOTICES = (
 NOTICE_LEAD_DAYS = 1.0 / 24.0
 
 
-def _kafka_local():
-    spec = importlib.util.spec_from_file_location("kafka_local", REPO / "scripts" /
-                                                  "kafka_local.py")
+def _script(name: str):
+    """Another script of ``scripts/`` as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["kafka_local"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _kafka_local():
+    return _script("kafka_local")
 
 
 def free_port() -> int:
@@ -249,6 +251,21 @@ def wait_for(cond, what: str, timeout: float = 600.0, every: float = 0.05) -> No
         time.sleep(every)
 
 
+def read_committed_reports(bootstrap: str, topic: str, group: str, done: threading.Event,
+                           seen) -> None:
+    """Read ``topic`` (read_committed) until ``done``; ``seen(match, unix time)`` per report
+    as it arrives."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                  "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10,
+                  "isolation.level": "read_committed"})
+    c.subscribe([topic])
+    while not done.is_set():
+        for msg in c.consume(500, 0.05):
+            if msg.error() is None:
+                seen(match_from_avro(msg.value()), time.time())
+    c.close()
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -266,21 +283,6 @@ def names_for(tag: str, gw_topic: str) -> dict:
 
 
 # -- notices landing mid-burst ---------------------------------------------------------------
-
-def shift_voevent_days(text: str, days: int) -> str:
-    """A VOEvent with ``Who/Date``, every ``ISOTime`` and the ``*_TJD`` params moved by
-    ``days`` whole days (times of day unchanged; no leap second since 2017, so UTC dates of
-    2018-2024 move exactly)."""
-
-    def iso(m: re.Match) -> str:
-        stamp = m.group(2)
-        day = datetime.strptime(stamp[:10], "%Y-%m-%d") + timedelta(days=days)
-        return f"{m.group(1)}{day:%Y-%m-%d}{stamp[10:]}{m.group(3)}"
-
-    text = re.sub(r"(<(?:ISOTime|Date)>\s*)(\d{4}-\d\d-\d\d[^<]*)(</)", iso, text)
-    return re.sub(r'(<Param\s+name="\w*_TJD"\s+value=")(\d+)(")',
-                  lambda m: f"{m.group(1)}{int(m.group(2)) + days}{m.group(3)}", text)
-
 
 @dataclass
 class MidBurstNotice:
@@ -307,7 +309,7 @@ def mid_burst_notices(gw: Event, config: Config, tag: str) -> list[MidBurstNotic
         topic = f"{base}.bench-{tag}"
         trigger = float(parse_notice(text.encode(), topic=topic, **options).trigger_time.utc.mjd)
         days = math.floor(t0 - NOTICE_LEAD_DAYS - trigger)
-        payload = shift_voevent_days(text, days).encode()
+        payload = _script("bench_replay").shift_voevent_dates(text, days).encode()
         event = parse_notice(payload, topic=topic, source=f"{path} (dates {days:+d} d)",
                              **options)
         lead = t0 - float(event.trigger_time.utc.mjd)
@@ -395,17 +397,10 @@ def burst_with_notices(args: argparse.Namespace, bootstrap: str, work: Path, gw:
                                 "message.max.bytes": 16 << 20})
 
     def read_reports() -> None:
-        c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{tag}",
-                      "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10,
-                      "isolation.level": "read_committed"})
-        c.subscribe([names["reports"]])
-        while not done.is_set():
-            for msg in c.consume(500, 0.05):
-                if msg.error() is None:
-                    now = time.time()
-                    m = match_from_avro(msg.value())
-                    arrived.setdefault((m.event_id, m.alert_id), now)
-        c.close()
+        def seen(m, now: float) -> None:
+            arrived.setdefault((m.event_id, m.alert_id), now)
+
+        read_committed_reports(bootstrap, names["reports"], f"lat-{tag}", done, seen)
 
     def on_delivery(err, _msg) -> None:
         if err is not None:
@@ -561,16 +556,10 @@ def run(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
     done = threading.Event()
 
     def read_reports() -> None:
-        c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{tag}",
-                      "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10,
-                      "isolation.level": "read_committed"})
-        c.subscribe([names["reports"]])
-        while not done.is_set():
-            for msg in c.consume(500, 0.05):
-                if msg.error() is None:
-                    now = time.time()
-                    arrived.setdefault(match_from_avro(msg.value()).alert_id, now)
-        c.close()
+        def seen(m, now: float) -> None:
+            arrived.setdefault(m.alert_id, now)
+
+        read_committed_reports(bootstrap, names["reports"], f"lat-{tag}", done, seen)
 
     reader = threading.Thread(target=read_reports, daemon=True)
     try:

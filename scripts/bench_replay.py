@@ -90,7 +90,7 @@ def shift_voevent_dates(text: str, days: int) -> str:
         return f"{m.group(1)}{day:%Y-%m-%d}{stamp[10:]}{m.group(3)}"
 
     text = re.sub(r"(<(?:ISOTime|Date)>\s*)(\d{4}-\d\d-\d\d[^<]*)(</)", iso, text)
-    return re.sub(r'(<Param name="\w*_TJD" value=")(\d+)(")',
+    return re.sub(r'(<Param\s+name="\w*_TJD"\s+value=")(\d+)(")',
                   lambda m: f"{m.group(1)}{int(m.group(2)) + days}{m.group(3)}", text)
 
 

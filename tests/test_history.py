@@ -116,6 +116,16 @@ def _gw(localization, t0: float) -> Event:
                  revision=1)
 
 
+def _retro(history: AlertHistory, localization, t0: float):
+    """Matcher.retro of one event (trigger ``t0``, MJD TAI) and its window's edges."""
+    config = Config.load()
+    matcher = Matcher(config)
+    event = _gw(localization, t0)
+    matcher.upsert(event)
+    window = config.time_window(event.kind)
+    return matcher.retro(history, event.event_id), t0 + window.before, t0 + window.after
+
+
 def test_retro_search_equals_ligo_skymap_crossmatch(shared_file, s230518h):
     crossmatch = pytest.importorskip("ligo.skymap.postprocess").crossmatch
     read_sky_map = pytest.importorskip("ligo.skymap.io").read_sky_map
@@ -127,14 +137,8 @@ def test_retro_search_equals_ligo_skymap_crossmatch(shared_file, s230518h):
     for part in (batch, inside):
         for rows in np.array_split(np.arange(len(part)), 5):
             h.add(part.take(rows))
-    config = Config.load()
-    matcher = Matcher(config)
-    event = _gw(s230518h, 60000.2)
-    matcher.upsert(event)
-    got = matcher.retro(h, event.event_id)
-    window = config.time_window(event.kind)
-    t0, t1 = 60000.2 + window.before, 60000.2 + window.after
-    level = config.credible_level
+    got, t0, t1 = _retro(h, s230518h, 60000.2)
+    level = Config.load().credible_level
 
     every = AlertBatch.concatenate([batch, inside])
     sky = read_sky_map(str(shared_file(S230518H_MAP)), moc=True)
@@ -172,13 +176,8 @@ def test_an_analytic_region_takes_the_time_slice_without_rasterising():
     loc = Localization.from_region(FisherCircle(ra=10.0, dec=-20.0, radius=2.0), rasterise)
     h = AlertHistory(horizon_days=10, max_alerts=1000)
     h.add(_batch(60000.0, 11))  # at (10, -20): inside the circle
-    config = Config.load()
-    matcher = Matcher(config)
-    event = _gw(loc, 60000.05)
-    matcher.upsert(event)
-    got = matcher.retro(h, event.event_id)
-    window = config.time_window(event.kind)
-    expected = h.between(60000.05 + window.before, 60000.05 + window.after).alert_id
+    got, t0, t1 = _retro(h, loc, 60000.05)
+    expected = h.between(t0, t1).alert_id
     assert len(expected) and np.array_equal(np.sort(got.alert_id), np.sort(expected))
 
 
