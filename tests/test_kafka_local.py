@@ -13,7 +13,7 @@ import uuid
 
 import gcn_kafka
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from gcn_kafka.core import get_config
 
@@ -78,6 +78,11 @@ def _commit_exact(consumer: Consumer, messages: list) -> dict[int, int]:
     return next_offsets
 
 
+_COORDINATOR_BUSY = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                     KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT,
+                     KafkaError._TRANSPORT}
+
+
 def _group_offsets(bootstrap: str, group: str, topic: str, partitions: int = 3
                    ) -> dict[int, int]:
     """Committed offsets fetched from the group coordinator by a consumer that never
@@ -85,9 +90,17 @@ def _group_offsets(bootstrap: str, group: str, topic: str, partitions: int = 3
     coordinator is still loading, so it is not used here)."""
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
                        "enable.auto.commit": False})
+    deadline = time.monotonic() + POLL_DEADLINE
     try:
-        committed = reader.committed([TopicPartition(topic, p) for p in range(partitions)],
-                                     timeout=30)
+        while True:  # right after a restart the coordinator may still be moving or loading
+            try:
+                committed = reader.committed(
+                    [TopicPartition(topic, p) for p in range(partitions)], timeout=30)
+                break
+            except KafkaException as exc:
+                if exc.args[0].code() not in _COORDINATOR_BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         reader.close()
     return {tp.partition: tp.offset for tp in committed if tp.offset >= 0}

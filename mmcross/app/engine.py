@@ -3,7 +3,7 @@
 It wires the layers together without knowing any transport: callers (the replay driver, the
 live service) hand it parsed :class:`~mmcross.model.event.Event` objects and decoded
 :class:`~mmcross.model.alert.AlertBatch` objects, and it hands match reports as columns
-(:class:`~mmcross.model.match.MatchBatch`, one per alert batch or notice) to the sinks (JSON
+(:class:`~mmcross.model.match_batch.MatchBatch`, one per alert batch or notice) to the sinks (JSON
 Lines, VOEvents, Kafka...) and to the store.
 """
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,6 +37,11 @@ from mmcross.model import crashpoints
 from mmcross.model.match_batch import MatchBatch
 
 log = logging.getLogger(__name__)
+
+#: Errors of a group coordinator that is moving or loading (e.g. just after a broker restart).
+_COORDINATOR_BUSY = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                     KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT,
+                     KafkaError._TRANSPORT}
 
 
 class CommittedRelay:
@@ -73,7 +79,7 @@ class CommittedRelay:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions the group never committed start at their end now."""
-        committed = consumer.committed(partitions, timeout=30.0) if partitions else []
+        committed = _committed(consumer, partitions) if partitions else []
         start = []
         for tp in committed:
             if tp.offset == OFFSET_INVALID:
@@ -150,3 +156,19 @@ class CommittedRelay:
             log.warning("closing the relay consumer: %s", exc)
         for sink in self.sinks:
             sink.close()
+
+
+def _committed(consumer: Consumer, partitions: list[TopicPartition],
+               timeout: float = 60.0) -> list[TopicPartition]:
+    """The group's committed offsets, asked again while the coordinator is moving or
+    loading (as after a broker restart) for up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.committed(partitions, timeout=30.0)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _COORDINATOR_BUSY or time.monotonic() > deadline:
+                raise
+            log.info("relay: committed offsets not readable yet (%s): asking again",
+                     exc.args[0])
+            time.sleep(0.5)
