@@ -18,13 +18,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import astropy_healpix as ah
 import erfa
 import numpy as np
 from astropy import units as u
 from numba import njit
-from scipy.spatial import KDTree
+
+if TYPE_CHECKING:
+    from scipy.spatial import KDTree
 
 from mmcross.model.errors import ConfigError
 from mmcross.model.localization import (
@@ -160,6 +163,8 @@ class MocMap:
     def tree(self) -> KDTree:
         """The KD-tree of the pixel centres, built as astropy's ``match_to_catalog_sky``
         builds it, so that ties between equidistant centres break the same way."""
+        from scipy.spatial import KDTree  # here: scipy costs ~0.15 s of start-up
+
         return KDTree(self.centres, compact_nodes=False, balanced_tree=False)
 
     @cached_property

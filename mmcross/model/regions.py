@@ -35,7 +35,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 from numba import njit
-from scipy import integrate
 
 from mmcross.model.errors import BadCoordinatesError
 
@@ -397,6 +396,8 @@ def _lambert_params(p: np.ndarray, sig: tuple[float, float, float, float], pa: f
     p[P_COS], p[P_SIN] = math.cos(math.radians(pa)), math.sin(math.radians(pa))
     p[P_SIG:P_SIG + 4] = sig
     p[P_SIGMA_MIN] = min(sig)
+    from scipy import integrate  # here: scipy costs ~0.2 s of start-up, only shapes need it
+
     se, sw, sn, ss = sig
     total = 0.5 * math.pi * (se + sw) * (sn + ss)
     outside = 0.0
