@@ -18,7 +18,6 @@ count, a timeout or a stop request. Printing is the CLI's job (:func:`format_cou
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -32,7 +31,7 @@ from typing import Any
 from lxml import etree
 
 from mmcross.brokers.reports import match_from_avro
-from mmcross.brokers.sinks import VOEventDirectorySink
+from mmcross.brokers.sinks import VOEventDirectorySink, write_atomically
 from mmcross.brokers.voevent_out import counterpart_voevent, retraction_voevent
 from mmcross.brokers.vtp import SubscriptionFilter
 from mmcross.model.errors import BadNoticeError
@@ -280,10 +279,7 @@ class CounterpartStorer:
         if self.files is not None:
             xml = item.voevent or (retraction_voevent(match) if match.retracted
                                    else counterpart_voevent(match))
-            path = self.files.path_for(match)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(xml)
-            os.replace(tmp, path)
+            write_atomically(self.files.path_for(match), xml)
         if self.store is not None:
             revoked = match.retracted and self.store.revoke_matches(match.event_id,
                                                                     [match.alert_id])

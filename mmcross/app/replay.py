@@ -11,21 +11,25 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mmcross.app.engine import Engine
-from mmcross.brokers.alert_files import expand_paths, iter_alert_batches
+from mmcross.brokers.alert_files import expand_paths
+from mmcross.brokers.alert_reader import AlertReader
 from mmcross.brokers.coincidence_reports import CoincidenceJsonLines, CoincidenceVOEventDirectory
-from mmcross.catalogs import Store
 from mmcross.listeners import read_notice_file
 from mmcross.model.coincidence import Coincidence
 from mmcross.model.config import Config, notice_options
 from mmcross.model.errors import MmcrossError
 from mmcross.model.event import Event
+
+if TYPE_CHECKING:
+    from mmcross.app.engine import Engine
+    from mmcross.catalogs import Store
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,8 @@ NOTICE_SUFFIXES = (".xml", ".json", ".avro")
 
 @dataclass
 class ReplaySummary:
-    """Counts of what a replay did, plus the wall-clock time (s)."""
+    """Counts of what a replay did, plus its wall-clock time (s, from when reading the alerts
+    began)."""
 
     notices: int = 0
     notice_errors: Counter[str] = field(default_factory=Counter)
@@ -67,14 +72,34 @@ def read_notices(paths: Iterable[Path], summary: ReplaySummary,
 
 
 def replay(engine: Engine, notices: Iterable[str | Path | Event],
-           alert_paths: Iterable[str | Path], *, chunk: int = 20_000,
+           alerts: Iterable[str | Path] | AlertReader, *, chunk: int = 20_000,
            progress_every: float = 5.0) -> ReplaySummary:
     """Run notices and alerts through ``engine`` in time order; returns the summary.
 
-    ``notices`` are notice files or folders, or already parsed events.
+    Args:
+        engine: the engine (its sinks get the reports).
+        notices: notice files or folders, or already parsed events.
+        alerts: alert files or folders, or an :class:`~mmcross.brokers.alert_reader.
+            AlertReader` already reading them (``mmcross replay`` starts one before it loads
+            the engine); a reader is closed here.
+        chunk: alerts per batch when ``alerts`` are paths.
+        progress_every: seconds between progress lines in the log.
+
+    Raises:
+        FileNotFoundError: a notice or alert path does not exist.
     """
     summary = ReplaySummary()
-    started = time.perf_counter()
+    # reading the alerts starts first: it overlaps parsing the notices
+    reader = alerts if isinstance(alerts, AlertReader) else AlertReader(alerts, chunk=chunk)
+    started = min(time.perf_counter(), reader.started)
+    try:
+        return _replay(engine, notices, reader, summary, started, progress_every)
+    finally:
+        reader.close()
+
+
+def _replay(engine: Engine, notices: Iterable[str | Path | Event], reader: AlertReader,
+            summary: ReplaySummary, started: float, progress_every: float) -> ReplaySummary:
     notices = list(notices)
     parsed = [n for n in notices if isinstance(n, Event)]
     files = expand_paths([n for n in notices if not isinstance(n, Event)], NOTICE_SUFFIXES)
@@ -96,34 +121,27 @@ def replay(engine: Engine, notices: Iterable[str | Path | Event],
         summary.matches += len(reports) - revoked
         summary.revoked += revoked
 
-    def on_error(exc: Exception) -> None:
-        summary.alert_errors += 1
-        log.warning("alert skipped: %s", exc)
-
     last_report = started
-    alert_paths = list(map(Path, alert_paths))
-    for path in alert_paths:
-        if not path.exists():
-            raise FileNotFoundError(f"no such alert file or directory: {path}")
-    # no report carries the packet: not keeping them spares copying (and, for container
-    # files, reading from disk) every cutout
-    for batch in _sorted_batches(iter_alert_batches(alert_paths, chunk=chunk,
-                                                    on_error=on_error, keep_packets=False)):
+    for batch in reader:
         start = 0
         while pending and pending[0].arrival_mjd_tai <= batch.mjd_tai[-1]:
-            cut = int(np.searchsorted(batch.mjd_tai, pending[0].arrival_mjd_tai, side="right"))
+            cut = int(np.searchsorted(batch.mjd_tai, pending[0].arrival_mjd_tai,
+                                      side="right"))
             if cut > start:
                 summary.matches += len(engine.on_alerts(batch.take(np.arange(start, cut))))
                 start = cut
             apply(pending.popleft())
         if start < len(batch):
-            summary.matches += len(engine.on_alerts(batch.take(np.arange(start, len(batch)))))
+            summary.matches += len(engine.on_alerts(
+                batch.take(np.arange(start, len(batch)))))
         summary.alerts += len(batch)
         now = time.perf_counter()
         if now - last_report >= progress_every:
             last_report = now
-            log.info("replay: %d alerts (%.0f/s), %d matches, %d live events", summary.alerts,
-                     summary.alerts / (now - started), summary.matches, len(engine.index))
+            log.info("replay: %d alerts (%.0f/s), %d matches, %d live events",
+                     summary.alerts, summary.alerts / (now - started), summary.matches,
+                     len(engine.index))
+    summary.alert_errors = reader.errors
     while pending:
         apply(pending.popleft())
     summary.seconds = time.perf_counter() - started
@@ -150,10 +168,3 @@ def coincidence_sinks(out: Path, store: Store | None = None) -> list:
     sinks: list = [CoincidenceJsonLines(out / "coincidences.jsonl"),
                    CoincidenceVOEventDirectory(out / "voevents" / "coincidences")]
     return sinks + ([StoredCoincidences(store)] if store is not None else [])
-
-
-def _sorted_batches(batches: Iterable) -> Iterator:
-    for batch in batches:
-        if len(batch):
-            order = np.argsort(batch.mjd_tai, kind="stable")
-            yield batch.take(order) if np.any(order != np.arange(len(order))) else batch
