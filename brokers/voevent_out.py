@@ -209,17 +209,6 @@ def _retraction_text(match: Match) -> str:
     return f"Match of alert {match.alert_id} with {match.event_id} retracted"
 
 
-def _param_text(value: object) -> tuple[str, str]:
-    """(dataType, value text) of a Param, as :func:`voevent_param` writes them."""
-    if isinstance(value, bool):
-        return "string", "true" if value else "false"
-    if isinstance(value, int):
-        return "int", str(value)
-    if isinstance(value, float):
-        return "float", repr(value)
-    return "string", str(value)
-
-
 _FIELD_NAMES = tuple(f.name for f in fields(Match))
 _SAMPLE = Match(event_id="e", event_revision=1, event_kind="gw", instrument="i",
                 event_time="2000-01-01T00:00:00.000Z", alert_id=1, object_id="1", ra=1.0,
@@ -245,6 +234,10 @@ def _attr(value: str) -> str:
     return (_xml_ok(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
             .replace('"', "&quot;").replace("\n", "&#10;").replace("\r", "&#13;")
             .replace("\t", "&#9;"))
+
+
+_attr_cached = functools.lru_cache(maxsize=4096)(_attr)
+""":func:`_attr` remembered: event ids, instruments, times and IVORNs repeat across a batch."""
 
 
 def _text(value: str) -> str:
@@ -280,13 +273,16 @@ class _Template:
         root.set("ivorn", "@@ivorn@@")
         root.find("Who/Date").text = "@@date@@"
         what = root.find("What")
-        self.params: dict[str, list[str]] = {}
+        # per Param and dataType: the text before and after its value
+        self.params: dict[tuple[str, str], tuple[str, str]] = {}
         for param in list(what):
             param.set("value", "@@value@@")
             param.set("dataType", "@@type@@")
             alone = etree.Element("Param", attrib=dict(param.attrib))  # no inherited xmlns
-            self.params[param.get("name")] = _SLOT.split(etree.tostring(alone,
-                                                                        encoding="unicode"))
+            parts = _SLOT.split(etree.tostring(alone, encoding="unicode"))
+            for data_type in ("string", "int", "float"):
+                pre, post = _fill(parts, {"type": data_type, "value": "\0"}).split("\0")
+                self.params[param.get("name"), data_type] = (pre, post)
             what.remove(param)
         what.text = "@@params@@"
         root.find(".//TimeInstant/ISOTime").text = "@@iso@@"
@@ -307,10 +303,18 @@ class _Template:
         params = []
         for name in _FIELD_NAMES:
             value = getattr(match, name)
-            if value is not None:
-                data_type, text = _param_text(value)
-                params.append(_fill(self.params[name], {"value": _attr(text),
-                                                        "type": data_type}))
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                data_type, text = "string", "true" if value else "false"
+            elif isinstance(value, int):  # digits and signs: nothing to escape
+                data_type, text = "int", str(value)
+            elif isinstance(value, float):
+                data_type, text = "float", repr(value)
+            else:
+                data_type, text = "string", _attr_cached(str(value))
+            pre, post = self.params[name, data_type]
+            params.append(pre + text + post)
         when = date or dt.datetime.now(dt.UTC)
         obs = _utc(match.alert_time).astimezone(dt.UTC).replace(tzinfo=None)
         values = {"ivorn": _attr(f"ivo://{stream}#{_stream_id(match)}"),
