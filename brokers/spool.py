@@ -537,6 +537,14 @@ class SpoolJournal:
                 done.discarded += 1
         return done
 
+    def quarantined(self) -> list[Path]:
+        """The folders of ``quarantine/``, oldest sequence first: entries set aside at this or
+        an earlier start that wait for an operator (removing a folder clears it)."""
+        folder = self.directory / QUARANTINE
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+
     def quarantine(self, err: BadJournalEntryError) -> Path:
         """Move the entry of ``err`` and its staged data out of the journal, to
         ``quarantine/<seq>/`` (``<seq>.<ns>/`` when taken); returns that folder.

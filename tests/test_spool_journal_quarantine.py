@@ -285,9 +285,17 @@ def test_embedded_service_starts_past_a_poison_entry(tmp_path: Path) -> None:
         assert [(e.entry.name, e.part) for e in service.recovery.quarantined] == [
             (entries[1].name, "store.bin")]
         assert lines(spool) == [0, 2]
+        assert service.metrics.value("spool_quarantined") == 1  # an operator's alarm
         service.step()  # the service runs on
     finally:
         service.close()
+    again = EmbeddedService(config, Store(f"sqlite:///{tmp_path / 'spool.sqlite'}"))
+    try:
+        again.start()  # nothing new set aside, the earlier entry still waits
+        assert again.recovery is not None and again.recovery.quarantined == []
+        assert again.metrics.value("spool_quarantined") == 1
+    finally:
+        again.close()
 
 
 def test_append_after_a_quarantined_entry_lands_at_the_end_once_even_if_retried(

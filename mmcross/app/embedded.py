@@ -152,6 +152,12 @@ class EmbeddedService(EngineLoop):
             log.warning("%d committed spool transaction(s) could not be applied and were set "
                         "aside in %s", len(self.recovery.quarantined),
                         self.journal.directory / "quarantine")
+        waiting = self.journal.quarantined()
+        self.metrics.set("spool_quarantined", len(waiting))
+        if len(waiting) > len(self.recovery.quarantined):
+            log.warning("%d spool transaction(s) set aside earlier still wait in %s",
+                        len(waiting) - len(self.recovery.quarantined),
+                        self.journal.directory / "quarantine")
         out = self.spool.out
         self._dead_path = out / "dead-letters.jsonl"
         if self.transports.streams is not None and self.partner_out is None:

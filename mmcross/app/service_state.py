@@ -89,7 +89,10 @@ def declare_metrics(metrics: Metrics) -> Metrics:
             ("live_events", "Events in the index (matchable)."),
             ("last_alert_mjd_tai", "Time of the newest alert read, MJD TAI."),
             ("last_alert_unixtime", "Wall-clock time the last alert was read, s since 1970."),
-            ("start_unixtime", "Wall-clock time the service started, s since 1970.")):
+            ("start_unixtime", "Wall-clock time the service started, s since 1970."),
+            ("spool_quarantined", "Spool journal entries set aside in journal/quarantine/ "
+                                  "(embedded mode), counted at start-up; each waits for an "
+                                  "operator.")):
         metrics.gauge(name, text)
     return metrics
 
