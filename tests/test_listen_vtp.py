@@ -341,7 +341,13 @@ def test_kafka_mode_partner_topic_and_vtp_submissions_reach_the_partner_subscrip
     from mmcross.app.service import ListenService
     from mmcross.catalogs import Store
     from mmcross.listeners.partners import SIGNATURE_HEADER, sign_submission
-    from tests.helpers import create_topics, group_offset, produce_values, unique_names
+    from tests.helpers import (
+        create_topics,
+        group_offset,
+        offline_matches,
+        produce_values,
+        unique_names,
+    )
 
     names = unique_names()
     submissions = f"submissions-{names['group']}"
@@ -402,11 +408,21 @@ def test_kafka_mode_partner_topic_and_vtp_submissions_reach_the_partner_subscrip
         produce_values(kafka_broker, names["alerts"], messages)
         wait_until(lambda: group_offset(kafka_broker, names["group"], names["alerts"])
                    == len(messages), "the alerts to be committed")
-        reader = Store(db)  # the matches the running service stored
-        own = {(m.event_id, m.alert_id) for e in ("swift:1208389", "fermi-gbm:726773850")
-               for m in reader.matches(e)}
-        reader.close()
+        own = {(m.event_id, m.alert_id)
+               for m in offline_matches(config, [gbm_event, bat_event, messages]).values()}
         assert {e for e, _ in own} == {"swift:1208389", "fermi-gbm:726773850"}
+
+        def stored() -> set[tuple[str, int]]:
+            reader = Store(db)  # the matches the running service stored
+            try:
+                return {(m.event_id, m.alert_id) for e in ("swift:1208389", "fermi-gbm:726773850")
+                        for m in reader.matches(e)}
+            finally:
+                reader.close()
+
+        # the store is written after each transaction commits (offsets included), so it may
+        # lag the committed offsets by a moment
+        wait_until(lambda: stored() == own, "the committed matches in the store", timeout=300)
         wait_until(lambda: len(sub.voevents) >= len(own), "the partner's counterparts")
         time.sleep(0.5)  # would let a wrongly duplicated packet arrive
     finally:
